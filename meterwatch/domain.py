@@ -1,0 +1,45 @@
+"""Domain types shared by ingest, storage, simulators and the API.
+
+``Reading`` is a NamedTuple on purpose: ingest builds one per reading on its hot path and hands it
+to ``COPY`` unchanged, so it must be cheap to create and already a row.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import NamedTuple
+
+KNOWN_FLAGS = frozenset({"tamper", "magnetic", "reverse", "leak", "burst", "low_battery", "dry"})
+
+
+class MeterKind(StrEnum):
+    RESIDENTIAL = "residential"
+    COMMERCIAL = "commercial"
+    INDUSTRIAL = "industrial"
+    BULK = "bulk"
+
+
+class Reading(NamedTuple):
+    meter_id: str
+    ts: datetime
+    register_m3: float
+    flow_lph: float | None = None
+    battery_pct: float | None = None
+    rssi_dbm: float | None = None
+    flags: tuple[str, ...] = ()
+
+
+class Meter(NamedTuple):
+    meter_id: str
+    tenant: str = "unassigned"
+    dma: str | None = None
+    kind: MeterKind = MeterKind.RESIDENTIAL
+    dn_mm: int = 15
+    q3_m3h: float = 2.5
+    timezone: str = "Asia/Shanghai"
+    install_date: date | None = None
+    register_max_m3: float = 100000.0
+    tariff_cny_per_m3: float = 0.0
+    parent_meter_id: str | None = None
+    expected_interval_s: int = 900

@@ -1,0 +1,1 @@
+"""Storage: SQL migrations (TimescaleDB and plain PostgreSQL), batch writes and the shared reads."""
