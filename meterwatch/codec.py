@@ -44,18 +44,19 @@ BAD_BATTERY = "bad_battery"
 BAD_RSSI = "bad_rssi"
 BAD_FLAGS = "bad_flags"
 UNKNOWN_METER = "unknown_meter"
+STORAGE_ERROR = "storage_error"  # the database refused the message's content
 
 REASONS = (
     PAYLOAD_TOO_LARGE, BAD_UTF8, BAD_JSON, NOT_AN_OBJECT, BAD_TOPIC, BAD_METER_ID,
     METER_ID_MISMATCH, NO_READINGS, BAD_READING, BAD_TS, TS_OUT_OF_RANGE, BAD_REGISTER,
-    BAD_FLOW, BAD_BATTERY, BAD_RSSI, BAD_FLAGS, UNKNOWN_METER,
+    BAD_FLOW, BAD_BATTERY, BAD_RSSI, BAD_FLAGS, UNKNOWN_METER, STORAGE_ERROR,
 )  # fmt: skip
 
 
 class Rejection(NamedTuple):
     reason: str
     detail: str
-    index: int | None = None  # position in ``readings``; None for the whole message
+    position: int | None = None  # index in ``readings``; None for the whole message
 
 
 @dataclass(slots=True)
@@ -121,7 +122,9 @@ def parse_ts(value: Any, received_at: datetime, max_skew: timedelta) -> datetime
     return ts
 
 
-def _optional_range(obj: dict[str, Any], key: str, reason: str, lo: float, hi: float) -> float | None:
+def _optional_range(
+    obj: dict[str, Any], key: str, reason: str, lo: float, hi: float
+) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
@@ -134,7 +137,9 @@ def _optional_range(obj: dict[str, Any], key: str, reason: str, lo: float, hi: f
 def _flags(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(f, str) and FLAG_RE.match(f) for f in value):
+    if not isinstance(value, list) or not all(
+        isinstance(f, str) and FLAG_RE.match(f) for f in value
+    ):
         raise _Invalid(BAD_FLAGS, "flags must be a list of short lower-case names")
     return tuple(dict.fromkeys(value))
 
@@ -185,7 +190,10 @@ def decode_uplink(
 
     # Meter status at upload time; a bad status field is reported but does not cost the readings.
     status: dict[str, Any] = {}
-    for key, reason, lo, hi in (("battery_pct", BAD_BATTERY, 0, 100), ("rssi_dbm", BAD_RSSI, -200, 0)):
+    for key, reason, lo, hi in (
+        ("battery_pct", BAD_BATTERY, 0, 100),
+        ("rssi_dbm", BAD_RSSI, -200, 0),
+    ):
         try:
             status[key] = _optional_range(msg, key, reason, lo, hi)
         except _Invalid as e:

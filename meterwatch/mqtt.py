@@ -41,9 +41,7 @@ class BrokerAddress:
 
 
 def make_client(address: BrokerAddress, client_id: str = "") -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
     if address.tls:
@@ -53,7 +51,7 @@ def make_client(address: BrokerAddress, client_id: str = "") -> mqtt.Client:
 
 
 def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry_s
     props.ReceiveMaximum = receive_maximum
     return props

@@ -20,6 +20,7 @@ from storage.partitions import Partitions
 LOCK_KEY = 0x6D657465  # "mete": serialises concurrent migrates
 FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescale|postgres))?\.sql$")
 FLAVOURS = ("timescale", "postgres")
+RECORD_SQL = "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)"
 
 
 @dataclass
@@ -59,7 +60,9 @@ def _choose_flavour(conn: psycopg.Connection[Any], wanted: str) -> str:
     ).fetchone()
     if row is None:
         if wanted == "on":
-            raise RuntimeError("METERWATCH_TIMESCALE=on but the server has no timescaledb extension")
+            raise RuntimeError(
+                "METERWATCH_TIMESCALE=on but the server has no timescaledb extension"
+            )
         return "postgres"
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
@@ -120,14 +123,14 @@ def migrate(
                 for stmt in _statements(text):
                     conn.execute(stmt.encode())
                 conn.execute(
-                    "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
+                    RECORD_SQL,
                     (mig.version, mig.name, flavour),
                 )
             else:
                 with conn.transaction():
                     conn.execute(text.encode())
                     conn.execute(
-                        "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
+                        RECORD_SQL,
                         (mig.version, mig.name, flavour),
                     )
             result.applied.append(f"{mig.version:04d}_{mig.name}")

@@ -26,7 +26,17 @@ from storage.partitions import Partitions
 READING_COLUMNS = (
     "meter_id", "ts", "register_m3", "flow_lph", "battery_pct", "rssi_dbm", "flags", "received_at"
 )  # fmt: skip
-READING_TYPES = ("text", "timestamptz", "float8", "float4", "float4", "float4", "text[]", "timestamptz")
+READING_TYPES = (
+    "text",
+    "timestamptz",
+    "float8",
+    "float4",
+    "float4",
+    "float4",
+    "text[]",
+    "timestamptz",
+)
+PIECE_COLUMNS = "meter_id, ts, ts_end, volume_m3, kind"
 ADVISORY_NS = 0x6D77  # advisory lock namespace for per-meter locks
 
 
@@ -86,16 +96,20 @@ class Writer:
         res = BatchResult(messages=len(messages))
         dead: list[tuple[Any, ...]] = []
         rows: list[tuple[Any, ...]] = []
-        ids = sorted({m.decoded.meter_id for m in messages if m.decoded.readings} - {None})
+        ids = sorted(
+            {m.decoded.meter_id for m in messages if m.decoded.readings and m.decoded.meter_id}
+        )
         known = self._register(ids, res)
         for m in messages:
             d = m.decoded
             for rej in d.rejections:
-                dead.append(_dead(m, rej.reason, rej.detail, rej.index))
+                dead.append(_dead(m, rej.reason, rej.detail, rej.position))
             if not d.readings:
                 continue
             if d.meter_id not in known:
-                dead.append(_dead(m, UNKNOWN_METER, f"meter {d.meter_id!r} is not registered", None))
+                dead.append(
+                    _dead(m, UNKNOWN_METER, f"meter {d.meter_id!r} is not registered", None)
+                )
                 continue
             for r in d.readings:
                 rows.append((*r, m.received_at))
@@ -207,9 +221,7 @@ class Writer:
                 continue
             pts.sort()
             reg_max, q3 = params[meter_id]
-            pieces.extend(
-                consumption.pieces(meter_id, pts, register_max_m3=reg_max, q3_m3h=q3)
-            )
+            pieces.extend(consumption.pieces(meter_id, pts, register_max_m3=reg_max, q3_m3h=q3))
             r_ids.append(meter_id)
             r_lo.append(pts[0][0])
             r_hi.append(pts[-1][0])
@@ -226,9 +238,7 @@ class Writer:
         )
         with (
             conn.cursor() as cur,
-            cur.copy(
-                "COPY consumption (meter_id, ts, ts_end, volume_m3, kind) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
+            cur.copy(f"COPY consumption ({PIECE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
         ):
             copy.set_types(("text", "timestamptz", "timestamptz", "float8", "text"))
             for p in pieces:

@@ -1,0 +1,1 @@
+"""Ingest: MQTT uplinks in, validated batches committed to the database, PUBACK after commit."""

@@ -1,0 +1,73 @@
+"""``meterwatch ingest`` as a service: settings in, signals handled, progress logged."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from ingest.consumer import Ingest, IngestConfig, IngestStats
+from meterwatch.mqtt import BrokerAddress
+from meterwatch.settings import Settings
+from storage.writer import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+def config_from(settings: Settings) -> IngestConfig:
+    return IngestConfig(
+        database_url=settings.database_url,
+        broker=BrokerAddress.parse(settings.mqtt_url),
+        prefix=settings.topic_prefix,
+        client_id=settings.client_id,
+        shared_group=settings.shared_group,
+        session_expiry_s=settings.session_expiry_s,
+        receive_maximum=settings.receive_maximum,
+        batch_readings=settings.batch_readings,
+        batch_interval_s=settings.batch_interval_s,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_clock_skew_s=settings.max_clock_skew_s,
+        auto_register=settings.auto_register,
+        default_register_max_m3=settings.default_register_max_m3,
+        default_q3_m3h=settings.default_q3_m3h,
+    )
+
+
+class ProgressLog:
+    """Logs throughput at most every ``every_s`` seconds, from the batch callback."""
+
+    def __init__(self, stats: IngestStats, every_s: float = 10.0) -> None:
+        self.stats = stats
+        self.every_s = every_s
+        self._t0 = time.monotonic()
+        self._last = self._t0
+        self._last_readings = 0
+
+    def __call__(self, _res: BatchResult) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        s = self.stats
+        rate = (s.readings - self._last_readings) / (now - self._last)
+        log.info(
+            "%d messages, %d readings (%d new, %d duplicate), %d dead letters; %.0f readings/s",
+            s.messages, s.readings, s.inserted, s.duplicates, s.dead_letters, rate,
+        )  # fmt: skip
+        self._last, self._last_readings = now, s.readings
+
+
+def run(settings: Settings) -> IngestStats:
+    ingest = Ingest(config_from(settings))
+    ingest.on_batch = ProgressLog(ingest.stats)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: flushing and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("ingest: %s -> database; batches of %d", settings.mqtt_url, settings.batch_readings)
+    return ingest.run(stop)

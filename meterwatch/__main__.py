@@ -1,0 +1,5 @@
+import sys
+
+from meterwatch.cli import main
+
+sys.exit(main())

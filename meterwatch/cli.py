@@ -1,0 +1,251 @@
+"""The ``meterwatch`` command: one entry point, a subcommand per job, ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from meterwatch import __version__
+from meterwatch.settings import Settings
+
+log = logging.getLogger("meterwatch")
+
+
+def _speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("speed is a positive number or 'max'") from None
+    if speed <= 0:
+        raise argparse.ArgumentTypeError("speed must be > 0")
+    return speed
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return n
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    if args.json:
+        sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    else:
+        print(text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    updates: dict[str, Any] = {}
+    for name in ("database_url", "mqtt_url", "topic_prefix", "api_host", "api_port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            updates[name] = value
+    settings = Settings()
+    return Settings.model_validate({**settings.model_dump(), **updates}) if updates else settings
+
+
+def _service_flags(p: argparse.ArgumentParser, *, db: bool = True, mqtt: bool = False) -> None:
+    if db:
+        p.add_argument("--database-url", help="PostgreSQL URL (env METERWATCH_DATABASE_URL)")
+    if mqtt:
+        p.add_argument("--mqtt-url", help="broker URL, mqtt://host:port (env METERWATCH_MQTT_URL)")
+        p.add_argument("--topic-prefix", help="topic namespace (env METERWATCH_TOPIC_PREFIX)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _fleet_flags(p: argparse.ArgumentParser, meters: int, days: float, speed: str) -> None:
+    p.add_argument("--meters", type=_positive_int, default=meters, help="fleet size")
+    p.add_argument("--days", type=float, default=days, help="simulated days")
+    p.add_argument("--interval-min", type=_positive_int, default=15, help="reading interval")
+    p.add_argument(
+        "--speed", type=_speed, default=_speed(speed), help="event time x SPEED, or 'max'"
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same fleet)")
+    p.add_argument(
+        "--readings-per-message", type=_positive_int, default=1,
+        help="readings batched in one uplink (NB-IoT meters send many)",
+    )  # fmt: skip
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from meterwatch.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        meters=args.meters, days=args.days, interval_min=args.interval_min, speed=args.speed,
+        seed=args.seed, exit=args.exit, readings_per_message=args.readings_per_message,
+        api_port=args.api_port,
+    )  # fmt: skip
+    summary = run_demo(_settings(args), opts, Path(args.data_dir) if args.data_dir else None)
+    ok = summary["readings_stored"] == summary["readings_published"]
+    text = (
+        f"published {summary['readings_published']} readings, stored "
+        f"{summary['readings_stored']}, {summary['dead_letters']} dead letters "
+        f"in {summary['elapsed_s']:.1f}s"
+    )
+    _emit(args, summary, text)
+    return 0 if ok else 1
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.service import run
+
+    settings = _settings(args)
+    stats = run(settings)
+    _emit(args, stats.__dict__, f"ingest stopped: {stats}")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if not settings.database_url:
+        raise SystemExit("no database URL (set METERWATCH_DATABASE_URL or pass --database-url)")
+    uvicorn.run(
+        "api.main:create_app", factory=True, host=settings.api_host, port=settings.api_port,
+        log_level=settings.log_level.lower(), proxy_headers=True,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.fleet import generate, make_fleet
+    from simulators.publish import meters_csv, publish_fleet
+
+    from meterwatch.mqtt import BrokerAddress
+
+    settings = _settings(args)
+    fleet = make_fleet(args.meters, seed=args.seed)
+    if args.registry_out:
+        Path(args.registry_out).write_text(meters_csv(fleet), encoding="utf-8")
+    if settings.database_url:
+        from storage.db import connect
+        from storage.registry import upsert_meters
+
+        with connect(settings.database_url) as conn:
+            upsert_meters(conn, fleet)
+    start = args.start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    series = generate(
+        fleet, start=start, days=args.days, interval_min=args.interval_min, seed=args.seed
+    )
+    res = publish_fleet(
+        series, fleet, address=BrokerAddress.parse(settings.mqtt_url),
+        prefix=settings.topic_prefix, speed=args.speed,
+        readings_per_message=args.readings_per_message,
+    )  # fmt: skip
+    rate = res.readings / res.elapsed_s if res.elapsed_s > 0 else 0.0
+    out = {"readings": res.readings, "messages": res.messages, "elapsed_s": res.elapsed_s,
+           "readings_per_s": round(rate, 1)}  # fmt: skip
+    _emit(args, out, f"published {res.readings} readings in {res.elapsed_s:.1f}s ({rate:.0f}/s)")
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from storage.db import connect
+    from storage.migrate import migrate
+
+    s = _settings(args)
+    with connect(s.database_url) as conn:
+        res = migrate(
+            conn, timescale=s.timescale, partition_days=s.partition_days,
+            compress_after_days=s.compress_after_days, retention_days=s.retention_days,
+            timezone=s.timezone,
+        )  # fmt: skip
+    applied = ", ".join(res.applied) or "nothing (up to date)"
+    _emit(
+        args,
+        {"flavour": res.flavour, "applied": res.applied},
+        f"storage flavour {res.flavour}; applied: {applied}",
+    )
+    return 0
+
+
+def cmd_meters_import(args: argparse.Namespace) -> int:
+    from storage.db import connect
+    from storage.registry import import_csv
+
+    s = _settings(args)
+    text = Path(args.file).read_text(encoding="utf-8-sig")
+    with connect(s.database_url) as conn:
+        res = import_csv(conn, text)
+    for err in res.errors:
+        print(f"{args.file}: {err}", file=sys.stderr)
+    _emit(args, {"meters": res.meters, "errors": res.errors}, f"imported {res.meters} meters")
+    return 1 if res.errors else 0
+
+
+def _iso(value: str) -> datetime:
+    ts = datetime.fromisoformat(value)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterwatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"meterwatch {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline with embedded services")
+    _service_flags(p, mqtt=True)
+    _fleet_flags(p, meters=100, days=2, speed="3600")
+    p.add_argument("--exit", action="store_true", help="stop when everything is stored")
+    p.add_argument("--data-dir", help="embedded services' data (default: temp with --exit)")
+    p.add_argument("--api-port", type=int, help="API port (default METERWATCH_API_PORT)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ingest", help="consume meter uplinks from MQTT into the database")
+    _service_flags(p, mqtt=True)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("api", help="serve the HTTP API")
+    _service_flags(p)
+    p.add_argument("--api-host", help="bind address (env METERWATCH_API_HOST)")
+    p.add_argument("--api-port", type=int, help="port (env METERWATCH_API_PORT)")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("simulate", help="publish a simulated fleet over MQTT")
+    _service_flags(p, mqtt=True)
+    _fleet_flags(p, meters=100, days=1, speed="max")
+    p.add_argument("--start", type=_iso, help="first reading time (default: today 00:00 UTC)")
+    p.add_argument("--registry-out", help="also write the fleet's registry CSV here")
+    p.set_defaults(func=cmd_simulate)
+
+    db = sub.add_parser("db", help="database administration").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    p = db.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    _service_flags(p)
+    p.set_defaults(func=cmd_db_migrate)
+
+    meters = sub.add_parser("meters", help="meter registry").add_subparsers(
+        dest="meters_command", required=True, metavar="ACTION"
+    )
+    p = meters.add_parser("import", help="import or update meters from a CSV file")
+    p.add_argument("file", help="CSV with a header row; see docs for the columns")
+    _service_flags(p)
+    p.set_defaults(func=cmd_meters_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or Settings().log_level
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )  # fmt: skip
+    try:
+        return int(args.func(args))
+    except ValueError as e:
+        print(f"meterwatch: {e}", file=sys.stderr)
+        return 2
