@@ -7,6 +7,7 @@ Both run as child processes and are stopped by ``stop()``.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 MOSQUITTO_CONF = """\
+# Run as the invoking user: as root, mosquitto would otherwise switch to "mosquitto" and could
+# not write its persistence file here, silently losing sessions across a restart.
+user {user}
 listener {port} 127.0.0.1
 allow_anonymous true
 persistence {persistence}
@@ -79,15 +83,17 @@ class EmbeddedBroker:
         if self.kind == "mosquitto":
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(
-                MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, persistence="true")
+                MOSQUITTO_CONF.format(
+                    port=self.port, data=self.data_dir, persistence="true", user=getpass.getuser()
+                )
             )
             cmd = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
         else:
             conf = self.data_dir / "amqtt.yaml"
             conf.write_text(AMQTT_CONF.format(port=self.port))
             cmd = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
-        log = (self.data_dir / f"{self.kind}.out").open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        with (self.data_dir / f"{self.kind}.out").open("ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port("127.0.0.1", self.port)
 
     def stop(self) -> None:
