@@ -1,3 +1,4 @@
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,7 +43,7 @@ def test_rollover_adds_the_wrapped_volume(steps, start):
     pts = series(steps, start_reg=round(start, 3) % MAX)
     got = c.intervals(pts, register_max_m3=MAX, q3_m3h=2.5)
     assert all(iv.volume_m3 >= 0 for iv in got)
-    wrapped = sum((b[1] - a[1]) % MAX for a, b in zip(pts, pts[1:], strict=False))
+    wrapped = sum((b[1] - a[1]) % MAX for a, b in itertools.pairwise(pts))
     assert sum(iv.volume_m3 for iv in got) == pytest.approx(wrapped, abs=1e-6)
     assert wrapped == pytest.approx(sum(steps), abs=0.001 * len(steps))
     assert {iv.kind for iv in got} <= {c.FLOW, c.ROLLOVER}
