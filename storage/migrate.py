@@ -8,6 +8,7 @@ Files in ``storage/sql`` are ``NNNN_name.sql`` (both flavours) or ``NNNN_name.<f
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -50,6 +51,30 @@ def _statements(text: str) -> list[str]:
     """Split a migration into statements (our files keep one statement per ``;`` at line end)."""
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [s.strip() for s in re.split(r";\s*\n", body + "\n") if s.strip()]
+
+
+def _fill(text: str, params: Mapping[str, object]) -> str:
+    """Fill a migration's ``{name}`` placeholders; values are quoted for SQL string literals."""
+    for key, value in params.items():
+        text = text.replace("{" + key + "}", str(value).replace("'", "''"))
+    return text
+
+
+def render_statements(flavour: str, params: Mapping[str, object]) -> list[str]:
+    """The statements a first migrate runs for ``flavour``, with ``params`` filled in.
+
+    Tests run exactly these on engines that cannot be reached through psycopg (TimescaleDB in
+    PGlite), so the SQL under test is the SQL production runs. The plain-PostgreSQL path executes
+    each file as one text; splitting it here changes nothing about what runs.
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    return [
+        stmt
+        for mig in migrations()
+        if mig.flavour in (None, flavour)
+        for stmt in _statements(_fill(mig.text, params))
+    ]
 
 
 def _choose_flavour(conn: psycopg.Connection[Any], wanted: str) -> str:
@@ -115,9 +140,7 @@ def migrate(
         for mig in migrations():
             if mig.version in done or mig.flavour not in (None, flavour):
                 continue
-            text = mig.text
-            for key, value in params.items():
-                text = text.replace("{" + key + "}", str(value).replace("'", "''"))
+            text = _fill(mig.text, params)
             if flavour == "timescale":
                 # Continuous aggregates cannot be created inside a transaction block.
                 for stmt in _statements(text):
