@@ -46,6 +46,8 @@ class IngestConfig:
     default_register_max_m3: float = 100000.0
     default_q3_m3h: float = 2.5
     keepalive_s: int = 30
+    retention_days: int = 7300
+    maintenance_interval_s: float = 3600.0
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Ingest:
         self._client = self._make_client()
         self._conn: psycopg.Connection[Any] | None = None
         self._writer: Writer | None = None
+        self._next_maintenance = 0.0
 
     # -- MQTT side (paho's network thread) ---------------------------------------------------
 
@@ -266,7 +269,25 @@ class Ingest:
             self._drop_connection()
         return self.stats
 
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + self.config.maintenance_interval_s
+        try:
+            created, dropped = self._ensure_writer().maintain(
+                self.clock(), self.config.retention_days
+            )
+        except psycopg.Error as e:
+            log.warning("partition maintenance failed (%s); will retry", e)
+            self._drop_connection()
+            self._next_maintenance = now + 60
+            return
+        if created or dropped:
+            log.info("partitions: %d created, dropped %s", created, dropped or "none")
+
     def _step(self, stop: threading.Event) -> None:
+        self._maintain()
         batch: list[_Inbound] = []
         try:
             first = self._inbox.get(timeout=0.2)

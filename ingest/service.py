@@ -32,6 +32,7 @@ def config_from(settings: Settings) -> IngestConfig:
         auto_register=settings.auto_register,
         default_register_max_m3=settings.default_register_max_m3,
         default_q3_m3h=settings.default_q3_m3h,
+        retention_days=settings.retention_days,
     )
 
 

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     timescale: str = Field(default="auto", pattern="^(auto|on|off)$")
     timezone: str = "Asia/Shanghai"
     partition_days: int = Field(default=7, ge=1)
-    retention_days: int = Field(default=3650, ge=1)
+    # Readings and consumption older than this are dropped (whole partitions or chunks).
+    retention_days: int = Field(default=7300, ge=1)
     compress_after_days: int = Field(default=30, ge=1)
 
     # API.

@@ -82,3 +82,16 @@ def drop_older_than(conn: psycopg.Connection[Any], cutoff: datetime, step_days: 
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(child)))
             dropped.append(child)
     return dropped
+
+
+def maintain(
+    conn: psycopg.Connection[Any], *, now: datetime, step_days: int, retention_days: int
+) -> tuple[int, list[str]]:
+    """Create the partitions for the coming periods and drop the expired ones.
+
+    Ingest calls this at start and then hourly; TimescaleDB does the same with its policies.
+    """
+    step = timedelta(days=step_days)
+    created = Partitions(step_days).ensure(conn, [now + k * step for k in range(3)])
+    dropped = drop_older_than(conn, now - timedelta(days=retention_days), step_days)
+    return created, dropped

@@ -21,7 +21,7 @@ from meterwatch import consumption
 from meterwatch.codec import UNKNOWN_METER, Decoded
 from meterwatch.domain import Reading
 from storage.db import read_meta
-from storage.partitions import Partitions
+from storage.partitions import Partitions, maintain
 
 READING_COLUMNS = (
     "meter_id", "ts", "register_m3", "flow_lph", "battery_pct", "rssi_dbm", "flags", "received_at"
@@ -81,6 +81,15 @@ class Writer:
         self.timezone = meta.get("timezone", "Asia/Shanghai")
         self.partitions = (
             Partitions(int(meta["partition_days"])) if self.flavour == "postgres" else None
+        )
+
+    def maintain(self, now: datetime, retention_days: int) -> tuple[int, list[str]]:
+        """Partitions ahead of time and retention, for the plain-PostgreSQL flavour."""
+        if self.partitions is None:
+            return 0, []
+        self.conn.commit()
+        return maintain(
+            self.conn, now=now, step_days=self.partitions.step_days, retention_days=retention_days
         )
 
     def write(self, messages: list[Message]) -> BatchResult:
