@@ -119,13 +119,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from meterwatch.mqtt import BrokerAddress
     from simulators.fleet import generate, make_fleet
     from simulators.publish import meters_csv, publish_fleet
 
-    from meterwatch.mqtt import BrokerAddress
-
     settings = _settings(args)
-    fleet = make_fleet(args.meters, seed=args.seed)
+    fleet = make_fleet(args.meters, seed=args.seed, interval_min=args.interval_min)
     if args.registry_out:
         Path(args.registry_out).write_text(meters_csv(fleet), encoding="utf-8")
     if settings.database_url:

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from simulators.fleet import generate, make_fleet
-from simulators.publish import publish_fleet
 
 from ingest.consumer import Ingest
 from ingest.service import ProgressLog, config_from
@@ -33,6 +31,8 @@ from meterwatch.embedded import (
 )
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
+from simulators.fleet import generate, make_fleet
+from simulators.publish import publish_fleet
 from storage.db import connect
 from storage.migrate import migrate
 from storage.registry import upsert_meters
@@ -111,7 +111,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
                 retention_days=settings.retention_days,
                 timezone=settings.timezone,
             )
-            fleet = make_fleet(opts.meters, seed=opts.seed)
+            fleet = make_fleet(opts.meters, seed=opts.seed, interval_min=opts.interval_min)
             upsert_meters(conn, fleet)
         interval = timedelta(minutes=opts.interval_min)
         end = datetime.now(UTC).replace(second=0, microsecond=0)
