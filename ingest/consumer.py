@@ -157,7 +157,9 @@ class Ingest:
 
     def _ensure_writer(self) -> Writer:
         if self._writer is None:
-            self._conn = connect(self.config.database_url)
+            # Autocommit: each batch is one explicit transaction, and nothing else (maintenance,
+            # metadata reads) can leave an implicit one open around the batches.
+            self._conn = connect(self.config.database_url, autocommit=True)
             self._writer = Writer(
                 self._conn,
                 auto_register=self.config.auto_register,
