@@ -1,1 +1,4 @@
-"""Streaming detectors: pure, stateful, event time only. Imports nothing from ingest, api or storage."""
+"""Streaming detectors: pure, stateful, event time only.
+
+This package imports nothing from ingest, api or storage.
+"""

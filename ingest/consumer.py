@@ -103,6 +103,7 @@ class Ingest:
         self._conn: psycopg.Connection[Any] | None = None
         self._writer: Writer | None = None
         self._next_maintenance = 0.0
+        self._stopping = False
 
     # -- MQTT side (paho's network thread) ---------------------------------------------------
 
@@ -137,7 +138,10 @@ class Ingest:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.ready.clear()
-        log.warning("disconnected from broker (%s); reconnecting", rc)
+        if self._stopping:
+            log.info("disconnected from broker")
+        else:
+            log.warning("disconnected from broker (%s); reconnecting", rc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received_at = self.clock()
@@ -266,6 +270,7 @@ class Ingest:
                 self._collect(time.monotonic(), batch, 0)
             time.sleep(0.2)  # let the network thread send the last PUBACKs
         finally:
+            self._stopping = True
             self._client.disconnect()
             self._client.loop_stop()
             self._drop_connection()

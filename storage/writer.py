@@ -121,7 +121,8 @@ class Writer:
                 )
                 continue
             for r in d.readings:
-                rows.append((*r, m.received_at))
+                # COPY's binary dumper wants a list for text[] (a tuple is a composite).
+                rows.append((*r[:6], list(r.flags), m.received_at))
         res.readings = len(rows)
         if dead:
             res.dead_letters = self._dead_letters(dead)

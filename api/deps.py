@@ -1,0 +1,40 @@
+"""Dependencies as ``Annotated`` aliases, so a route's signature says what it uses.
+
+The pool and settings live in the lifespan state (``api.main``), not in module globals, so two apps
+in one process (tests, the demo) never share a pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from meterwatch.settings import Settings
+
+Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+
+def get_pool(request: Request) -> Pool:
+    return cast(Pool, request.state.pool)
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.state.settings)
+
+
+PoolDep = Annotated[Pool, Depends(get_pool)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_conn(pool: PoolDep) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """One pooled connection per request, returned to the pool when the request is done."""
+    async with pool.connection() as conn:
+        yield conn
+
+
+ConnDep = Annotated[AsyncConnection[TupleRow], Depends(get_conn)]

@@ -1,0 +1,87 @@
+"""The FastAPI app: routers, error bodies, and a connection pool that lives in the lifespan.
+
+``meterwatch api`` runs ``uvicorn.run("api.main:create_app", factory=True)``, which calls
+``create_app()`` and so reads :class:`Settings` from the environment; the demo and the tests hand
+in their own settings. Building the app does no I/O: the pool opens when the server starts and
+closes when it stops, so an app that is never served leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
+
+from api.deps import Pool
+from api.routes import health, meters
+from meterwatch import __version__
+from meterwatch.settings import Settings
+from storage.db import SESSION_OPTIONS
+
+API_V1 = "/api/v1"
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+POOL_TIMEOUT_S = 10.0  # how long a request waits for a connection before answering 503
+
+log = logging.getLogger(__name__)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Connection loss, pool timeouts and server shutdowns are the database's state, not a bug."""
+    log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "database unavailable, try again later"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers in JSON; the server logs the traceback, the client gets no internals."""
+    return JSONResponse({"detail": "internal error"}, status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not settings.database_url:
+        raise ValueError("no database URL (set METERWATCH_DATABASE_URL or pass --database-url)")
+    url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        # Not waiting for the pool to fill lets the API start while the database is still coming
+        # up; /healthz reports it until then. Autocommit because every request is a read and needs
+        # no transaction; the connection check replaces connections a database restart broke.
+        pool: Pool = AsyncConnectionPool(
+            url,
+            open=False,
+            kwargs={"options": SESSION_OPTIONS, "autocommit": True},
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            timeout=POOL_TIMEOUT_S,
+            check=AsyncConnectionPool.check_connection,
+            name="meterwatch-api",
+        )
+        await pool.open()
+        try:
+            yield {"pool": pool, "settings": settings}
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="meterwatch",
+        version=__version__,
+        summary="Smart water meters: registry, readings and usage.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(health.router)
+    app.include_router(meters.router, prefix=API_V1)
+    return app

@@ -1,0 +1,124 @@
+"""What the API accepts and returns.
+
+Models are read from ``storage.queries`` rows by attribute, so the SQL column names are the wire
+names. Timestamps go out as ISO 8601 with an offset. Query timestamps may leave the offset out,
+which means UTC (as every database session here runs in UTC); every bound is echoed back resolved,
+in UTC, so a client can see how its input was read.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+
+from meterwatch.domain import MeterKind
+
+T = TypeVar("T")
+
+# An unescaped "+" in a query string arrives as a space: "08:15:00 08:00" means "08:15:00+08:00".
+_SPACED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
+def _restore_plus(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SPACED_OFFSET.sub(r"\1+\2", value.strip())
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("datetime out of range") from None
+
+
+Instant = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_as_utc)]
+"""A query timestamp: ISO 8601 (an offset is optional; none means UTC) or epoch seconds."""
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class MeterPublic(_FromRow):
+    meter_id: str
+    tenant: str
+    dma: str | None
+    kind: MeterKind
+    dn_mm: int
+    q3_m3h: float = Field(description="rated permanent flow Q3, m3/h")
+    timezone: str
+    install_date: date | None
+    register_max_m3: float = Field(description="the register wraps to 0 here")
+    tariff_cny_per_m3: float
+    parent_meter_id: str | None
+    closed_hours: JsonValue = None
+    expected_interval_s: int
+    auto_registered: bool
+    last_reading_at: datetime | None = Field(description="timestamp of the newest stored reading")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(description="items matching the filters, over all pages")
+    limit: int
+    offset: int
+
+
+class ReadingPublic(_FromRow):
+    ts: datetime
+    register_m3: float
+    flow_lph: float | None
+    battery_pct: float | None
+    rssi_dbm: float | None
+    flags: list[str]
+
+
+class ReadingsPublic(BaseModel):
+    meter_id: str
+    start: datetime = Field(description="inclusive")
+    end: datetime = Field(description="exclusive")
+    truncated: bool = Field(description="the window holds more readings than were returned")
+    next_start: datetime | None = Field(
+        description="when truncated: the start that continues after the last reading returned"
+    )
+    readings: list[ReadingPublic]
+
+
+class UsageBucket(BaseModel):
+    start: datetime
+    end: datetime
+    volume_m3: float = Field(description="net volume, to 1 mL; reverse flow counts negative")
+    reverse_m3: float = Field(description="volume that flowed backwards, as a positive number")
+    covered_s: float = Field(
+        description="seconds of the bucket between two readings; less than the bucket's length "
+        "means the meter's data starts or stops inside it"
+    )
+
+
+class UsagePublic(BaseModel):
+    meter_id: str
+    timezone: str = Field(description="the meter's zone; day buckets are its local days")
+    bucket: Literal["hour", "day"]
+    start: datetime = Field(description="buckets starting at or after this")
+    end: datetime = Field(description="and before this")
+    total_m3: float
+    reverse_m3: float
+    covered_s: float
+    buckets: list[UsageBucket]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "error"]
+    database: Literal["ok", "unavailable", "not migrated"]
+    flavour: str | None
+    detail: str | None = None
+
+
+class ErrorPublic(BaseModel):
+    detail: str
