@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from meterwatch.codec import STORAGE_ERROR, Decoded, Rejection, decode_uplink, uplink_filter
-from meterwatch.mqtt import BrokerAddress, connect_properties, make_client
+from meterwatch.mqtt import BrokerAddress, make_client, session_args
 from storage.db import connect
 from storage.writer import BatchResult, Message, Writer
 
@@ -253,9 +253,8 @@ class Ingest:
             c.broker.host,
             c.broker.port,
             keepalive=c.keepalive_s,
-            clean_start=False,
-            properties=connect_properties(
-                session_expiry_s=c.session_expiry_s, receive_maximum=c.receive_maximum
+            **session_args(
+                c.broker, session_expiry_s=c.session_expiry_s, receive_maximum=c.receive_maximum
             ),
         )
         self._client.loop_start()

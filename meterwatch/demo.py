@@ -12,11 +12,14 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 
 from ingest.consumer import Ingest
@@ -80,6 +83,17 @@ def _start_api(settings: Settings, port: int) -> tuple[uvicorn.Server, threading
     return server, thread
 
 
+def _check_api(api_url: str, meter_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+    """Read back through the HTTP API what the pipeline stored, as a customer would."""
+    health = orjson.loads(urllib.request.urlopen(f"{api_url}/healthz", timeout=10).read())
+    query = urllib.parse.urlencode(
+        {"bucket": "hour", "start": start.isoformat(), "end": end.isoformat()}
+    )
+    url = f"{api_url}/api/v1/meters/{urllib.parse.quote(meter_id)}/usage?{query}"
+    usage = orjson.loads(urllib.request.urlopen(url, timeout=10).read())
+    return {"healthz": health.get("status"), "meter_id": meter_id, "usage_m3": usage["total_m3"]}
+
+
 def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     temp_dir: Path | None = None
@@ -130,7 +144,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         if not ingest.ready.wait(30):
             raise RuntimeError(f"ingest could not subscribe at {settings.mqtt_url}")
 
-        port = opts.api_port or settings.api_port
+        port = settings.api_port if opts.api_port is None else opts.api_port
         if not port or port_open(settings.api_host, port):
             port = free_port()
         server, _ = _start_api(settings, port)
@@ -153,6 +167,10 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         while stored < published.readings and time.monotonic() < deadline:
             time.sleep(0.2)
             stored, dead = _stored(settings.database_url, ids, start, end + interval)
+        hour_start = start.replace(minute=0)
+        api_check = _check_api(api_url, ids[0], hour_start, end + interval)
+        registers = series.register_m3[0]
+        api_check["register_delta_m3"] = round(float(registers[-1] - registers[0]), 3)
         elapsed = time.monotonic() - t0
         summary: dict[str, Any] = {
             "meters": len(fleet),
@@ -167,6 +185,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
             "database": "external" if pg is None else "embedded",
             "broker": "external" if broker is None else broker.kind,
             "api_url": api_url,
+            "api_check": api_check,
         }
         if not opts.exit:
             print(f"meterwatch demo running: API {api_url}  (docs {api_url}/docs); Ctrl-C stops")

@@ -116,7 +116,9 @@ def start_broker(
 ) -> EmbeddedBroker:
     kind = "mosquitto" if prefer in ("auto", "mosquitto") and shutil.which("mosquitto") else "amqtt"
     port = port or free_port()
-    broker = EmbeddedBroker(f"mqtt://127.0.0.1:{port}", kind, port, Path(data_dir).resolve())
+    # amqtt speaks MQTT 3.1.1 only; the URL says so, and every client follows it.
+    url = f"mqtt://127.0.0.1:{port}" + ("" if kind == "mosquitto" else "?protocol=3.1.1")
+    broker = EmbeddedBroker(url, kind, port, Path(data_dir).resolve())
     broker.start()
     return broker
 

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from meterwatch.codec import encode_uplink, uplink_topic
 from meterwatch.domain import Meter
-from meterwatch.mqtt import BrokerAddress, connect_properties, make_client
+from meterwatch.mqtt import BrokerAddress, make_client, session_args
 from simulators.fleet import FleetSeries
 
 CSV_COLUMNS = (
@@ -192,12 +192,7 @@ def _connect(
         address.host,
         address.port,
         keepalive=30,
-        # Never a clean start, not even the first time: Mosquitto 2.0 does not save a session
-        # that began with one, so it would not outlive a broker restart despite its expiry.
-        clean_start=False,
-        properties=connect_properties(
-            session_expiry_s=SESSION_EXPIRY_S, receive_maximum=max_inflight
-        ),
+        **session_args(address, session_expiry_s=SESSION_EXPIRY_S, receive_maximum=max_inflight),
     )
     client.loop_start()
     if not connected.wait(CONNECT_TIMEOUT_S) or refusal:
@@ -259,9 +254,12 @@ def publish_fleet(
         window.drain()
         elapsed = time.monotonic() - t0
         # Every message is acknowledged: nothing is left for the broker to keep for us.
-        done = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-        done.SessionExpiryInterval = 0
-        client.disconnect(properties=done)
+        if address.protocol == "5":
+            done = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            done.SessionExpiryInterval = 0
+            client.disconnect(properties=done)
+        else:
+            client.disconnect()
     except BaseException:
         client.disconnect()
         raise

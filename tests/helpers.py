@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import paho.mqtt.client as mqtt
 
 from ingest.consumer import Ingest, IngestConfig
-from meterwatch.mqtt import BrokerAddress, connect_properties, make_client
+from meterwatch.mqtt import BrokerAddress, make_client, session_args
 from storage.db import connect
 
 
@@ -41,8 +41,8 @@ class Publisher:
         self.client.max_inflight_messages_set(200)
         addr = BrokerAddress.parse(url)
         self.client.connect(
-            addr.host, addr.port, clean_start=False,
-            properties=connect_properties(session_expiry_s=600, receive_maximum=1000),
+            addr.host, addr.port,
+            **session_args(addr, session_expiry_s=600, receive_maximum=1000),
         )  # fmt: skip
         self.mids: list[int] = []
         self.acked: set[int] = set()
