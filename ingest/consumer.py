@@ -36,7 +36,7 @@ class IngestConfig:
     prefix: str = ""
     client_id: str = "meterwatch-ingest"
     shared_group: str = ""
-    session_expiry_s: int = 3600
+    session_expiry_s: int = 7 * 86400
     receive_maximum: int = 20000
     batch_readings: int = 5000
     batch_interval_s: float = 0.25
@@ -267,7 +267,7 @@ class Ingest:
             while batch and self._commit(batch, stop):
                 batch = []
                 self._collect(time.monotonic(), batch, 0)
-            time.sleep(0.2)  # let the network thread send the last PUBACKs
+            self._confirm_sent()
         finally:
             self._stopping = True
             self._client.disconnect()
@@ -291,6 +291,19 @@ class Ingest:
             return
         if created or dropped:
             log.info("partitions: %d created, dropped %s", created, dropped or "none")
+
+    def _confirm_sent(self) -> None:
+        """Make sure the last PUBACKs left before the socket closes.
+
+        A QoS 1 round trip on the same connection returns only after everything queued before
+        it was written, so no acknowledged batch is redelivered after a clean stop.
+        """
+        topic = f"{self.config.prefix}meterwatch/ingest/{self.config.client_id}/status"
+        try:
+            info = self._client.publish(topic, b"stopped", qos=1)
+            info.wait_for_publish(timeout=5)
+        except (RuntimeError, ValueError) as e:
+            log.info("could not confirm the last acknowledgements (%s); duplicates may follow", e)
 
     def _step(self, stop: threading.Event) -> None:
         self._maintain()

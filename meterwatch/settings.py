@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     client_id: str = "meterwatch-ingest"
     shared_group: str = ""
-    session_expiry_s: int = Field(default=3600, ge=0)
+    # How long the broker keeps ingest's session and queue while it is away (7 days).
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
 
