@@ -229,16 +229,26 @@ class Ingest:
             bad = Decoded(m.decoded.meter_id, [], [Rejection(STORAGE_ERROR, detail)])
             return writer.write([Message(m.topic, m.payload, m.received_at, bad)])
 
-    def _collect(self, deadline: float, batch: list[_Inbound], readings: int) -> int:
+    def _collect(
+        self,
+        deadline: float,
+        batch: list[_Inbound],
+        readings: int,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Add queued messages to ``batch`` until it is full, ``deadline`` passes or ``stop``."""
         limit = self.config.batch_readings
         while readings < limit:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                break
             try:
-                item = self._inbox.get(timeout=timeout)
+                item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (stop is not None and stop.is_set()):
+                    break
+                try:
+                    item = self._inbox.get(timeout=min(remaining, 0.1))
+                except queue.Empty:
+                    continue
             batch.append(item)
             readings += max(len(item.message.decoded.readings), 1)
         return readings
@@ -263,7 +273,7 @@ class Ingest:
                 self._step(stop)
             # Flush what has arrived so that SIGTERM does not make the broker resend it.
             batch: list[_Inbound] = []
-            self._collect(time.monotonic() + c.batch_interval_s, batch, 0)
+            self._collect(time.monotonic() + min(c.batch_interval_s, 0.2), batch, 0)
             while batch and self._commit(batch, stop):
                 batch = []
                 self._collect(time.monotonic(), batch, 0)
@@ -314,7 +324,7 @@ class Ingest:
             return
         batch.append(first)
         readings = max(len(first.message.decoded.readings), 1)
-        self._collect(time.monotonic() + self.config.batch_interval_s, batch, readings)
+        self._collect(time.monotonic() + self.config.batch_interval_s, batch, readings, stop)
         self._commit(batch, stop)
 
 
