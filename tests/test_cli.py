@@ -86,3 +86,50 @@ def test_ingest_flushes_and_exits_cleanly_on_sigterm(db_url, mqtt_url, topic_pre
     stats = orjson.loads(out.strip().splitlines()[-1])
     assert stats["inserted"] == 50
     assert count(db_url, "SELECT count(*) FROM readings") == 50
+
+
+def test_simulate_publishes_the_fleet_in_event_time(db_url, mqtt_url, topic_prefix, tmp_path):
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from meterwatch.codec import decode_uplink
+    from meterwatch.mqtt import BrokerAddress, make_client, session_args
+
+    addr = BrokerAddress.parse(mqtt_url)
+    seen: list[tuple[str, datetime]] = []
+    subscribed = threading.Event()
+    sub = make_client(addr, f"sim-sub-{topic_prefix.replace('/', '-')}"[:60])
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        d = decode_uplink(msg.topic, bytes(msg.payload), received_at=datetime.now(UTC),
+                          prefix=topic_prefix)  # fmt: skip
+        assert d.rejections == []
+        seen.extend((r.meter_id, r.ts) for r in d.readings)
+
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.on_connect = lambda c, *_a: c.subscribe(f"{topic_prefix}meters/+/up", qos=1)
+    sub.connect(
+        addr.host, addr.port, **session_args(addr, session_expiry_s=0, receive_maximum=1000)
+    )
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        registry = tmp_path / "fleet.csv"
+        proc = meterwatch(
+            "simulate", "--meters", "4", "--days", "0.25", "--interval-min", "15",
+            "--speed", "max", "--seed", "3", "--start", "2026-11-01T00:00:00+08:00",
+            "--mqtt-url", mqtt_url, "--topic-prefix", topic_prefix, "--database-url", db_url,
+            "--registry-out", str(registry), "--json",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert orjson.loads(proc.stdout)["readings"] == 4 * 24
+        assert wait_until(lambda: len(seen) >= 96, 20)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert len(set(seen)) == 96
+    assert min(ts for _, ts in seen) == datetime(2026, 10, 31, 16, tzinfo=UTC)
+    assert registry.read_text().count("\n") == 5
+    assert count(db_url, "SELECT count(*) FROM meters WHERE NOT auto_registered") == 4
