@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,27 +50,15 @@ class IngestConfig:
     maintenance_interval_s: float = 3600.0
 
 
-@dataclass
-class IngestStats:
-    messages: int = 0
-    readings: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
+@dataclass(slots=True)
+class IngestStats(BatchResult):
     batches: int = 0
     db_retries: int = 0
     connects: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
 
     def add(self, res: BatchResult) -> None:
-        self.messages += res.messages
-        self.readings += res.readings
-        self.inserted += res.inserted
-        self.duplicates += res.duplicates
-        self.dead_letters += res.dead_letters
+        self.merge(res)
         self.batches += 1
-        for k, v in res.by_reason.items():
-            self.by_reason[k] = self.by_reason.get(k, 0) + v
 
 
 class _Inbound:
@@ -222,7 +210,7 @@ class Ingest:
                 half = len(messages) // 2
                 first = self._write(messages[:half])
                 second = self._write(messages[half:])
-                return _merge(first, second)
+                return first.merge(second)
             m = messages[0]
             log.error("storage rejected a message on %s: %s", m.topic, e)
             detail = f"{type(e).__name__}: {e}"[:500]
@@ -326,21 +314,3 @@ class Ingest:
         readings = max(len(first.message.decoded.readings), 1)
         self._collect(time.monotonic() + self.config.batch_interval_s, batch, readings, stop)
         self._commit(batch, stop)
-
-
-def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
-    out = BatchResult()
-    for name in (
-        "messages",
-        "readings",
-        "inserted",
-        "duplicates",
-        "dead_letters",
-        "registered",
-        "pieces",
-    ):
-        setattr(out, name, getattr(a, name) + getattr(b, name))
-    for res in (a, b):
-        for k, v in res.by_reason.items():
-            out.by_reason[k] = out.by_reason.get(k, 0) + v
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -101,7 +102,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     stats = run(settings)
-    _emit(args, stats.__dict__, f"ingest stopped: {stats}")
+    _emit(args, dataclasses.asdict(stats), f"ingest stopped: {stats}")
     return 0
 
 

@@ -61,6 +61,15 @@ class BatchResult:
     pieces: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: BatchResult) -> BatchResult:
+        """Add ``other``'s counts to this one (in place) and return it."""
+        for name in ("messages", "readings", "inserted", "duplicates", "dead_letters",
+                     "registered", "pieces"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.by_reason.items():
+            self.by_reason[k] = self.by_reason.get(k, 0) + v
+        return self
+
 
 class Writer:
     def __init__(

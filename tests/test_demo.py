@@ -53,10 +53,10 @@ def test_demo_falls_back_to_amqtt_without_mosquitto():
     assert summary["broker"] == "amqtt"
 
 
-def test_demo_against_external_services(database_url, mqtt_url, topic_prefix):
+def test_demo_against_external_services(db_url, mqtt_url, topic_prefix):
     summary = run_demo(
         "--meters", "10", "--days", "1", "--readings-per-message", "4",
-        "--database-url", database_url, "--mqtt-url", mqtt_url,
+        "--database-url", db_url, "--mqtt-url", mqtt_url,
         env={"METERWATCH_TOPIC_PREFIX": topic_prefix, "METERWATCH_CLIENT_ID": topic_prefix[:-1]},
     )  # fmt: skip
     check(summary, 10 * 96)
