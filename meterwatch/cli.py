@@ -15,6 +15,7 @@ import orjson
 
 from meterwatch import __version__
 from meterwatch.settings import Settings
+from simulators.replay import add_replay_arguments
 
 log = logging.getLogger("meterwatch")
 
@@ -71,7 +72,7 @@ def _fleet_flags(p: argparse.ArgumentParser, meters: int, days: float, speed: st
     p.add_argument(
         "--speed", type=_speed, default=_speed(speed), help="event time x SPEED, or 'max'"
     )
-    p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same fleet)")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same output; default 1)")
     p.add_argument(
         "--readings-per-message", type=_positive_int, default=1,
         help="readings batched in one uplink (NB-IoT meters send many)",
@@ -83,8 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     opts = DemoOptions(
         meters=args.meters, days=args.days, interval_min=args.interval_min, speed=args.speed,
-        seed=args.seed, exit=args.exit, readings_per_message=args.readings_per_message,
-        api_port=args.api_port,
+        seed=1 if args.seed is None else args.seed, exit=args.exit,
+        readings_per_message=args.readings_per_message, api_port=args.api_port,
     )  # fmt: skip
     summary = run_demo(_settings(args), opts, Path(args.data_dir) if args.data_dir else None)
     ok = summary["readings_stored"] == summary["readings_published"]
@@ -120,34 +121,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from meterwatch.mqtt import BrokerAddress
-    from simulators.fleet import generate, make_fleet
-    from simulators.publish import meters_csv, publish_fleet
+    from simulators.command import run_simulate
 
-    settings = _settings(args)
-    fleet = make_fleet(args.meters, seed=args.seed, interval_min=args.interval_min)
-    if args.registry_out:
-        Path(args.registry_out).write_text(meters_csv(fleet), encoding="utf-8")
-    if settings.database_url:
-        from storage.db import connect
-        from storage.registry import upsert_meters
-
-        with connect(settings.database_url) as conn:
-            upsert_meters(conn, fleet)
-    start = args.start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    series = generate(
-        fleet, start=start, days=args.days, interval_min=args.interval_min, seed=args.seed
-    )
-    res = publish_fleet(
-        series, fleet, address=BrokerAddress.parse(settings.mqtt_url),
-        prefix=settings.topic_prefix, speed=args.speed,
-        readings_per_message=args.readings_per_message,
-    )  # fmt: skip
-    rate = res.readings / res.elapsed_s if res.elapsed_s > 0 else 0.0
-    out = {"readings": res.readings, "messages": res.messages, "elapsed_s": res.elapsed_s,
-           "readings_per_s": round(rate, 1)}  # fmt: skip
-    _emit(args, out, f"published {res.readings} readings in {res.elapsed_s:.1f}s ({rate:.0f}/s)")
+    out = run_simulate(args, _settings(args))
+    if "files" in out:
+        text = f"wrote {out['readings']} readings to {out['files']['recording']}"
+    else:
+        pub = out.get("published", out)
+        text = f"published {pub['readings']} readings in {pub['elapsed_s']:.1f}s"
+    _emit(args, out, text)
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from simulators.replay import replay_text, run_replay
+
+    out = run_replay(args, _settings(args))
+    _emit(args, out, replay_text(out))
+    return 0 if out["complete"] else 1
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -218,7 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet_flags(p, meters=100, days=1, speed="max")
     p.add_argument("--start", type=_iso, help="first reading time (default: today 00:00 UTC)")
     p.add_argument("--registry-out", help="also write the fleet's registry CSV here")
+    p.add_argument(
+        "--scenario",
+        help="a scenario (shipped name such as small or city, or a TOML file): realistic "
+        "profiles, faults and reporting, with labels",
+    )
+    p.add_argument(
+        "--out",
+        help="with --scenario: write the recording (Parquet) and, beside it, "
+        "NAME.labels.jsonl and NAME.meters.csv instead of publishing",
+    )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="publish a recording or a CSV of readings over MQTT")
+    _service_flags(p, db=False, mqtt=True)
+    add_replay_arguments(p)
+    p.set_defaults(func=cmd_replay)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"

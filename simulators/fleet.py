@@ -11,7 +11,7 @@ register row is a cumulative sum and the reported flow is exactly what the regis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
@@ -107,7 +107,13 @@ class FleetSeries:
 
 
 def make_fleet(
-    n_meters: int, *, seed: int, tenants: int = 3, dmas: int = 4, interval_min: int = 15
+    n_meters: int,
+    *,
+    seed: int,
+    tenants: int = 3,
+    dmas: int = 4,
+    interval_min: int = 15,
+    mix: Mapping[MeterKind, float] | None = None,
 ) -> list[Meter]:
     """A registry of ``n_meters`` meters, mostly residential, the same for the same seed.
 
@@ -117,7 +123,14 @@ def make_fleet(
     if n_meters < 0 or tenants < 1 or dmas < 1 or interval_min < 1:
         raise ValueError("n_meters >= 0, tenants >= 1, dmas >= 1 and interval_min >= 1 required")
     rng = np.random.default_rng(seed)
-    counts = {kind: round(share * n_meters) for kind, share in _FLEET_MIX}
+    shares = (
+        _FLEET_MIX
+        if mix is None
+        else tuple((k, v) for k, v in mix.items() if k != MeterKind.RESIDENTIAL)
+    )
+    if sum(v for _, v in shares) > 1 or any(v < 0 for _, v in shares):
+        raise ValueError("fleet mix shares must be >= 0 and sum to at most 1")
+    counts = {kind: round(share * n_meters) for kind, share in shares}
     counts[MeterKind.RESIDENTIAL] = n_meters - sum(counts.values())
     kinds = rng.permutation(np.repeat([_KINDS.index(k) for k in counts], list(counts.values())))
     installed = rng.integers(0, _INSTALL_SPAN_DAYS, size=n_meters)

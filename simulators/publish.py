@@ -7,7 +7,8 @@ those published while the connection is down, and resends them after reconnectin
 restart mid-run loses nothing; duplicates that may follow are the receiver's to absorb, as the
 contract already requires.
 
-Building messages (``_steps``) does no I/O; the waiting lives in ``_Window`` and ``publish_fleet``.
+Building messages (``_steps``) does no I/O; the waiting lives in ``Window``, ``Pacer`` and
+``publisher``, which replay (``simulators.replay``) shares.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -49,7 +51,7 @@ class PublishResult(NamedTuple):
     refused: int = 0  # messages the broker refused in its PUBACK (MQTT 5 reason code >= 0x80)
 
 
-class _Message(NamedTuple):
+class Outgoing(NamedTuple):
     topic: str
     payload: bytes
     readings: int
@@ -73,7 +75,7 @@ def meters_csv(meters: Sequence[Meter]) -> str:
 
 def _steps(
     series: FleetSeries, meters: Sequence[Meter], prefix: str, per_message: int
-) -> Iterator[tuple[int, list[_Message]]]:
+) -> Iterator[tuple[int, list[Outgoing]]]:
     """(upload time, every meter's message) per step; a message uploads its last reading's time.
 
     Battery and signal ride along with the first upload of each local day, as meters that report
@@ -105,11 +107,11 @@ def _steps(
                 battery_pct=battery[m] if status else None,
                 rssi_dbm=rssi[m] if status else None,
             )
-            messages.append(_Message(topics[m], payload, b - a))
+            messages.append(Outgoing(topics[m], payload, b - a))
         yield int(series.ts[b - 1]), messages
 
 
-class _Window:
+class Window:
     """Unacknowledged publishes, oldest first, so a slow or absent broker slows the publisher
     down instead of growing paho's queue without limit."""
 
@@ -130,7 +132,7 @@ class _Window:
         if reason.is_failure:
             self._refused_mids.add(mid)
 
-    def publish(self, message: _Message) -> None:
+    def publish(self, message: Outgoing) -> None:
         while len(self._pending) >= self.size:
             self._settle_oldest()
         info = self.client.publish(message.topic, message.payload, qos=1)
@@ -160,10 +162,10 @@ class _Window:
 
 def _connect(
     address: BrokerAddress, client_id: str, max_inflight: int
-) -> tuple[mqtt.Client, _Window]:
+) -> tuple[mqtt.Client, Window]:
     """Connect and wait for CONNACK, so a wrong address or refused login fails fast."""
     client = make_client(address, client_id or f"meterwatch-sim-{uuid.uuid4().hex[:12]}")
-    window = _Window(client, max_inflight)
+    window = Window(client, max_inflight)
     client.max_inflight_messages_set(max_inflight)
     # The window never lets more than max_inflight messages be unacknowledged, so a full queue
     # here would be a bug; paho then reports MQTT_ERR_QUEUE_SIZE and publish() raises.
@@ -203,6 +205,80 @@ def _connect(
     return client, window
 
 
+class Pacer:
+    """Holds a run back so event time passes ``speed`` times faster than wall time, and so that
+    at most ``max_rate`` messages a second go out.
+
+    The first event sets the origin; with neither limit it never waits. The schedule is absolute,
+    so a late wake-up is made up by the next messages instead of slowing the run, but the rate
+    cap lets at most ``RATE_SLACK_S`` of lost time be made up at once, so a pause (a gap in event
+    time) is not followed by a burst. Waiting on ``stop`` lets a stop request end a long wait.
+
+    A rate cap matters because MQTT has no back-pressure from subscribers to publishers: a broker
+    whose per-client queue is small (Mosquitto's default ``max_queued_messages`` is 1000) drops
+    what a slower consumer cannot take.
+    """
+
+    RATE_SLACK_S = 0.1
+
+    def __init__(
+        self, speed: float | None, stop: threading.Event, max_rate: float | None = None
+    ) -> None:
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive (or None for as fast as possible)")
+        if max_rate is not None and max_rate <= 0:
+            raise ValueError("max_rate must be positive (or None for no limit)")
+        self.speed = speed
+        self.max_rate = max_rate
+        self.stop = stop
+        self._wall0 = time.monotonic()
+        self._event0: float | None = None
+        self._free = self._wall0  # when the rate cap next lets a message go
+
+    def wait(self, event_t: float) -> bool:
+        """Wait until the next message (of event time ``event_t``) is due; True if it waited."""
+        due = self._wall0
+        if self.speed is not None:
+            if self._event0 is None:
+                self._event0 = event_t
+            due += (event_t - self._event0) / self.speed
+        if self.max_rate is not None:
+            due = max(due, self._free)
+        now = time.monotonic()
+        if due > now:
+            self.stop.wait(due - now)
+        if self.max_rate is not None:
+            self._free = max(due, time.monotonic() - self.RATE_SLACK_S) + 1.0 / self.max_rate
+        return due > now
+
+
+@contextmanager
+def publisher(address: BrokerAddress, client_id: str, max_inflight: int) -> Iterator[Window]:
+    """A connected QoS 1 publisher; leaving the block waits for every PUBACK, then disconnects.
+
+    On an error the connection is dropped at once: paho's unacknowledged messages are lost with
+    it, but the broker keeps the session, so nothing the broker acknowledged is lost.
+    """
+    if not 1 <= max_inflight <= 65535:
+        raise ValueError("1 <= max_inflight <= 65535 required")
+    client, window = _connect(address, client_id, max_inflight)
+    try:
+        yield window
+        window.drain()
+        # Every message is acknowledged: nothing is left for the broker to keep for us.
+        if address.protocol == "5":
+            done = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            done.SessionExpiryInterval = 0
+            client.disconnect(properties=done)
+        else:
+            client.disconnect()
+    except BaseException:
+        client.disconnect()
+        raise
+    finally:
+        client.loop_stop()
+
+
 def publish_fleet(
     series: FleetSeries,
     meters: Sequence[Meter],
@@ -232,16 +308,13 @@ def publish_fleet(
         raise ValueError("speed must be positive (or None for as fast as possible)")
 
     stop = stop if stop is not None else threading.Event()
-    client, window = _connect(address, client_id, max_inflight)
     total = series.n_readings
     sent = 0
-    t0 = time.monotonic()
-    event0: int | None = None
-    try:
+    with publisher(address, client_id, max_inflight) as window:
+        t0 = time.monotonic()
+        pacer = Pacer(speed, stop)
         for event_t, messages in _steps(series, meters, prefix, readings_per_message):
-            if speed is not None:
-                event0 = event_t if event0 is None else event0
-                stop.wait(t0 + (event_t - event0) / speed - time.monotonic())
+            pacer.wait(event_t)
             for message in messages:
                 if stop.is_set():
                     break
@@ -253,16 +326,4 @@ def publish_fleet(
                 progress(sent, total)
         window.drain()
         elapsed = time.monotonic() - t0
-        # Every message is acknowledged: nothing is left for the broker to keep for us.
-        if address.protocol == "5":
-            done = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-            done.SessionExpiryInterval = 0
-            client.disconnect(properties=done)
-        else:
-            client.disconnect()
-    except BaseException:
-        client.disconnect()
-        raise
-    finally:
-        client.loop_stop()
     return PublishResult(window.readings, window.messages, elapsed, window.refused)

@@ -24,9 +24,9 @@ def meterwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 def test_help_lists_every_command():
     out = meterwatch("--help").stdout
-    for command in ("demo", "ingest", "api", "simulate", "db", "meters"):
+    for command in ("demo", "ingest", "api", "simulate", "replay", "db", "meters"):
         assert command in out
-    for sub in (("db", "migrate"), ("meters", "import"), ("simulate",), ("demo",)):
+    for sub in (("db", "migrate"), ("meters", "import"), ("simulate",), ("demo",), ("replay",)):
         proc = meterwatch(*sub, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout
 
