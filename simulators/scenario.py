@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +31,7 @@ from meterwatch.domain import Meter, MeterKind
 from simulators import faults, profiles, reporting
 from simulators.fleet import make_fleet
 from simulators.grid import Grid
-from simulators.holidays import holidays_in
+from simulators.holidays import DayType, day_type, holidays_in
 from simulators.labels import Label
 from simulators.recording import Recording
 from simulators.state import FleetState, new_state
@@ -279,6 +280,12 @@ def behaviour_labels(
     """
     taken = {x.meter_id for x in faults_labels if x.meter_id != "*"}
     week = round(NO_CONSUMPTION_DAYS * 86400 / grid.interval_s)
+    # Homes empty over a public holiday are travelling, not vacant: holiday days do not count
+    # towards the week (Spring Festival alone empties a third of a city's homes).
+    zone = ZoneInfo(meters[0].timezone) if meters else UTC
+    offset = datetime.fromtimestamp(grid.start_s, zone).utcoffset() or timedelta(0)
+    local_days = ((grid.ts + int(offset.total_seconds())) // 86400).astype("datetime64[D]")
+    workday_col = day_type(local_days) < DayType.HOLIDAY
     out: list[Label] = []
     for i, m in enumerate(meters):
         if m.kind == MeterKind.BULK or m.meter_id in taken:
@@ -291,7 +298,7 @@ def behaviour_labels(
         zero = np.concatenate(([False], counted[i, 1:] == 0, [False]))
         edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
         for lo, hi in zip(edges[::2], edges[1::2], strict=True):
-            if hi - lo >= week:
+            if np.count_nonzero(workday_col[lo:hi]) >= week:
                 end = None if hi >= grid.steps else grid.iso(int(hi))
                 days = round(float(hi - lo) * grid.interval_s / 86400, 2)
                 params = {"cause": "vacant_home", "days": days}
