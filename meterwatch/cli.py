@@ -15,21 +15,9 @@ import orjson
 
 from meterwatch import __version__
 from meterwatch.settings import Settings
-from simulators.replay import add_replay_arguments
+from simulators.replay import add_replay_arguments, parse_speed
 
 log = logging.getLogger("meterwatch")
-
-
-def _speed(value: str) -> float | None:
-    if value == "max":
-        return None
-    try:
-        speed = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("speed is a positive number or 'max'") from None
-    if speed <= 0:
-        raise argparse.ArgumentTypeError("speed must be > 0")
-    return speed
 
 
 def _positive_int(value: str) -> int:
@@ -70,7 +58,7 @@ def _fleet_flags(p: argparse.ArgumentParser, meters: int, days: float, speed: st
     p.add_argument("--days", type=float, default=days, help="simulated days")
     p.add_argument("--interval-min", type=_positive_int, default=15, help="reading interval")
     p.add_argument(
-        "--speed", type=_speed, default=_speed(speed), help="event time x SPEED, or 'max'"
+        "--speed", type=parse_speed, default=parse_speed(speed), help="event time x SPEED, or 'max'"
     )
     p.add_argument("--seed", type=int, help="random seed (same seed, same output; default 1)")
     p.add_argument(

@@ -177,7 +177,8 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _speed(value: str) -> float | None:
+def parse_speed(value: str) -> float | None:
+    """``--speed``: a positive factor on event time, or ``max`` (as fast as the broker takes)."""
     if value == "max":
         return None
     try:
@@ -193,7 +194,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``meterwatch replay`` (the broker flags and ``--json`` come from the CLI)."""
     parser.add_argument("file", help="a recording (.parquet) or readings as .csv / .csv.gz")
     parser.add_argument(
-        "--speed", type=_speed, default=None, metavar="X|max",
+        "--speed", type=parse_speed, default=None, metavar="X|max",
         help="event time X times faster than real time, or 'max' (default) for as fast as "
         "the broker acknowledges",
     )  # fmt: skip
