@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ def run_scenario(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
     scn = Scenario.load(args.scenario)
     if args.seed is not None:
-        scn = Scenario(**{**scn.__dict__, "seed": args.seed})
+        scn = dataclasses.replace(scn, seed=args.seed)
     t0 = time.perf_counter()
     sim = simulate(scn)
     generate_s = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """The mutable per-meter, per-column arrays that the simulation stages fill in turn.
 
-Profiles write ``use``; faults edit every array in place; the integrator turns ``use`` and
+Profiles write ``use``; faults edit every array in place; the scenario turns ``use`` and
 ``measured`` into registers; reporting reads registers, ``flags``, ``battery_pct`` and ``silent``.
 Keeping the state as plain aligned numpy arrays lets each stage edit whole slices at once.
 """
