@@ -42,8 +42,7 @@ class ProgressLog:
     def __init__(self, stats: IngestStats, every_s: float = 10.0) -> None:
         self.stats = stats
         self.every_s = every_s
-        self._t0 = time.monotonic()
-        self._last = self._t0
+        self._last = time.monotonic()
         self._last_readings = 0
 
     def __call__(self, _res: BatchResult) -> None:

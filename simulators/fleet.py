@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
-from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
 
 from meterwatch.domain import Meter, MeterKind
+from simulators.grid import local_seconds
 
 TIMEZONE = "Asia/Shanghai"
 # ISO 4064 permanent flow (q3, m3/h) of common sizes; q4 (overload) is 1.25 x q3.
@@ -159,19 +159,11 @@ def make_fleet(
     return meters
 
 
-def _offset_s(epoch_s: int, zone: ZoneInfo) -> int:
-    offset = datetime.fromtimestamp(epoch_s, zone).utcoffset()
-    return 0 if offset is None else int(offset.total_seconds())
-
-
-def _utc_offsets(meters: Sequence[Meter], instants: NDArray[np.int64]) -> NDArray[np.int64]:
-    """(M, T) UTC offsets in seconds, computed once per distinct timezone (DST included)."""
-    by_zone: dict[str, NDArray[np.int64]] = {}
-    for tz in {m.timezone for m in meters}:
-        zone = ZoneInfo(tz)
-        by_zone[tz] = np.array([_offset_s(int(t), zone) for t in instants], dtype=np.int64)
+def _local_times(meters: Sequence[Meter], instants: NDArray[np.int64]) -> NDArray[np.int64]:
+    """(M, T) local wall-clock seconds, computed once per distinct timezone (DST included)."""
     if not meters:
         return np.zeros((0, instants.size), dtype=np.int64)
+    by_zone = {tz: local_seconds(instants, tz) for tz in {m.timezone for m in meters}}
     return np.stack([by_zone[m.timezone] for m in meters])
 
 
@@ -200,7 +192,7 @@ def generate(
     reg_max = np.array([m.register_max_m3 for m in meters], dtype=np.float64)
 
     # Profile lookup at the middle of each interval, in each meter's local time.
-    local = ts[None, :] - dt // 2 + _utc_offsets(meters, ts - dt // 2)
+    local = _local_times(meters, ts - dt // 2)
     hour = (local // 3600) % 24
     local_day = local // 86400
     weekend = ((local_day + 3) % 7 >= 5).astype(np.intp)  # 1970-01-01 was a Thursday

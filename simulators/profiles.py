@@ -27,16 +27,14 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from statistics import NormalDist
 from typing import Any, NamedTuple, TypeGuard
-from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
 
 from meterwatch.domain import Meter, MeterKind
-from simulators.grid import Grid
+from simulators.grid import Grid, local_seconds
 from simulators.holidays import NATIONAL_DAY, SPRING_FESTIVAL, DayType, day_type, holiday_at
 
 
@@ -248,17 +246,9 @@ class _Clock(NamedTuple):
     block: NDArray[np.intp]  # local clock hour, counted from the first interval
 
 
-def _local_seconds(instants: NDArray[np.int64], timezone: str) -> NDArray[np.int64]:
-    zone = ZoneInfo(timezone)
-    hours, inverse = np.unique(instants // 3600, return_inverse=True)
-    offsets = [datetime.fromtimestamp(int(h) * 3600, zone).utcoffset() for h in hours]
-    table = np.array([0 if o is None else int(o.total_seconds()) for o in offsets], np.int64)
-    return instants + table[inverse]
-
-
 def _clocks(meters: Sequence[Meter], grid: Grid) -> tuple[dict[str, _Clock], NDArray[Any]]:
     mid = grid.ts[1:] - grid.interval_s // 2
-    local = {tz: _local_seconds(mid, tz) for tz in sorted({m.timezone for m in meters})}
+    local = {tz: local_seconds(mid, tz) for tz in sorted({m.timezone for m in meters})}
     first = min((int(s[0]) // 86400 for s in local.values()), default=0)
     last = max((int(s[-1]) // 86400 for s in local.values()), default=0)
     clocks = {}

@@ -22,7 +22,6 @@ from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +29,7 @@ from numpy.typing import NDArray
 from meterwatch.domain import Meter, MeterKind
 from simulators import faults, profiles, reporting
 from simulators.fleet import make_fleet
-from simulators.grid import Grid
+from simulators.grid import Grid, local_seconds
 from simulators.holidays import DayType, day_type, holidays_in
 from simulators.labels import Label
 from simulators.recording import Recording
@@ -282,9 +281,8 @@ def behaviour_labels(
     week = round(NO_CONSUMPTION_DAYS * 86400 / grid.interval_s)
     # Homes empty over a public holiday are travelling, not vacant: holiday days do not count
     # towards the week (Spring Festival alone empties a third of a city's homes).
-    zone = ZoneInfo(meters[0].timezone) if meters else UTC
-    offset = datetime.fromtimestamp(grid.start_s, zone).utcoffset() or timedelta(0)
-    local_days = ((grid.ts + int(offset.total_seconds())) // 86400).astype("datetime64[D]")
+    zone = meters[0].timezone if meters else "UTC"
+    local_days = (local_seconds(grid.ts, zone) // 86400).astype("datetime64[D]")
     workday_col = day_type(local_days) < DayType.HOLIDAY
     out: list[Label] = []
     for i, m in enumerate(meters):

@@ -19,7 +19,6 @@ import psycopg
 
 from meterwatch import consumption
 from meterwatch.codec import UNKNOWN_METER, Decoded
-from meterwatch.domain import Reading
 from storage.db import read_meta
 from storage.partitions import Partitions, maintain
 
@@ -313,7 +312,3 @@ class Writer:
 def _dead(m: Message, reason: str, detail: str, index: int | None) -> tuple[Any, ...]:
     digest = hashlib.sha256(m.payload).digest()
     return (m.received_at, m.topic, m.decoded.meter_id, reason, detail, index, m.payload, digest)
-
-
-def readings_from(messages: list[Message]) -> list[Reading]:
-    return [r for m in messages for r in m.decoded.readings]
