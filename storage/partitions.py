@@ -40,7 +40,9 @@ class Partitions:
         Runs in its own transactions (DDL takes strong locks; keep them short and out of the
         write transaction). Another process creating the same partition at once is harmless.
         """
-        wanted = {bucket_start(ts, self.step_days) for ts in timestamps} - self._known
+        # A batch repeats few distinct instants (a fleet reports on the same clock), so bucket
+        # the distinct ones: this runs for every batch on the ingest path.
+        wanted = {bucket_start(ts, self.step_days) for ts in set(timestamps)} - self._known
         created = 0
         step = timedelta(days=self.step_days)
         for start in sorted(wanted):
