@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from typing import Any
 
 from ingest.consumer import Ingest, IngestConfig, IngestStats
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
+from meterwatch.signals import stop_on_signals
 from storage.writer import BatchResult
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,6 @@ def run(settings: Settings) -> IngestStats:
     ingest = Ingest(config_from(settings))
     ingest.on_batch = ProgressLog(ingest.stats)
     stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: flushing and stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     log.info("ingest: %s -> database; batches of %d", settings.mqtt_url, settings.batch_readings)
-    return ingest.run(stop)
+    with stop_on_signals(stop, log, "flushing and stopping"):
+        return ingest.run(stop)

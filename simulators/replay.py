@@ -14,24 +14,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TextIO
 
 from meterwatch.codec import METER_ID_RE, uplink_topic
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
+from meterwatch.signals import stop_on_signals
 from simulators.csvsource import PRESETS, UNITS_TO_M3, CsvMapping, read_csv
 from simulators.publish import Outgoing, Pacer, publisher
 from simulators.recording import Recording, RecordingFile, from_csv, messages
 
 PROGRESS_EVERY = 500  # messages between progress callbacks
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Source(Protocol):
@@ -248,21 +246,6 @@ def csv_mapping(args: argparse.Namespace) -> CsvMapping | None:
     return CsvMapping(**given)
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C or SIGTERM ends a replay cleanly: what was published is still acknowledged and
-    the summary says how far it got (``complete: false``)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """``meterwatch replay``: load, publish with a progress bar on a terminal, summarise."""
     mapping = csv_mapping(args)
@@ -271,7 +254,7 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     load_s = time.monotonic() - t0
     bar = ProgressBar() if sys.stderr.isatty() else None
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         try:
             res = replay(
                 source, address=BrokerAddress.parse(settings.mqtt_url),
