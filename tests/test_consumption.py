@@ -2,7 +2,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterwatch import consumption as c
@@ -24,7 +24,7 @@ def total(points, **kw) -> float:
     return sum(p.volume_m3 for p in c.pieces("M", points, register_max_m3=MAX, q3_m3h=2.5, **kw))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     steps=st.lists(st.floats(0, 0.5), min_size=1, max_size=60),
     data=st.data(),
@@ -37,7 +37,7 @@ def test_shuffled_and_duplicated_input_gives_sorted_totals(steps, data):
     assert total(pts) == pytest.approx(pts[-1][1] - pts[0][1], abs=1e-6)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(st.floats(0, 0.5), min_size=2, max_size=40), start=st.floats(MAX - 3, MAX))
 def test_rollover_adds_the_wrapped_volume(steps, start):
     pts = series(steps, start_reg=round(start, 3) % MAX)
