@@ -11,6 +11,16 @@ from enum import StrEnum
 from typing import NamedTuple
 
 KNOWN_FLAGS = frozenset({"tamper", "magnetic", "reverse", "leak", "burst", "low_battery", "dry"})
+# One bit per known flag: the compact form recordings and detectors carry (fits a uint8).
+FLAG_BITS: dict[str, int] = {
+    "tamper": 1,
+    "magnetic": 2,
+    "reverse": 4,
+    "leak": 8,
+    "burst": 16,
+    "low_battery": 32,
+    "dry": 64,
+}
 
 
 class MeterKind(StrEnum):

@@ -15,6 +15,8 @@ reading past the wrap. Point events (rollover, replacement) have ``end == start`
 Events start after ``warmup_days`` (detectors need some normal history first) and only where the
 rest of the period is long enough to make them alertable: e.g. no consumption needs 7 days before
 a detector may call it, so such an onset leaves at least ``no_consumption.min_days`` to the end.
+An abnormally high run waits longer, ``abnormal_high.min_history_days``: a detector can only call
+use abnormal against a baseline of the customer's normal days.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ METER_FAULTS = (
     "busy_day",
     "replacement",
     "rollover",
+    "abnormal_high",  # new types go last, so the meters drawn for the earlier ones stay the same
 )
 _RATES: dict[str, float] = {
     "leak": 20.0,
@@ -61,6 +64,7 @@ _RATES: dict[str, float] = {
     "busy_day": 20.0,
     "replacement": 3.0,
     "rollover": 3.0,
+    "abnormal_high": 10.0,
 }
 _PARAMS: dict[str, dict[str, Param]] = {
     "leak": {
@@ -86,6 +90,7 @@ _PARAMS: dict[str, dict[str, Param]] = {
     },
     "silent": {"recover_share": 0.3, "duration_days": (2.0, 7.0), "min_days": 2.0},
     "busy_day": {"factor": (2.0, 3.0)},
+    "abnormal_high": {"factor": (3.0, 5.0), "duration_days": (3.0, 7.0), "min_history_days": 7.0},
     "replacement": {"at_share": (0.1, 0.9)},
     "rollover": {"at_share": (0.1, 0.9)},
     "dma_imbalance": {
@@ -106,8 +111,8 @@ class FaultConfig:
 
     Counts are rates per 1,000 customer meters over the whole scenario period (fractions are
     rounded at random, so 2.5 events gives 2 or 3). Defaults: leak 20, burst 5, no_consumption 10,
-    reverse_flow 3, tamper 3, low_battery 5, silent 5, busy_day 20, replacement 3, rollover 3.
-    Each event gets its own meter, so the rates may sum to at most 1,000.
+    reverse_flow 3, tamper 3, low_battery 5, silent 5, busy_day 20, replacement 3, rollover 3,
+    abnormal_high 10. Each event gets its own meter, so the rates may sum to at most 1,000.
 
     Top-level keys: the rates (``leak = 20.0``), ``warmup_days = 2.0`` (no event starts earlier)
     and ``dma_leak_share = 0.25`` (share of DMAs with a bulk meter that get a network leak).
@@ -127,7 +132,11 @@ class FaultConfig:
     - low_battery: threshold_pct [10, 20] (where the meter sets its flag), final_pct [1, 8],
       decline_days [1, 7], min_days 1 (left after the flag)
     - silent: recover_share 0.3, duration_days [2, 7], min_days 2
-    - busy_day: factor [2, 3] (one local day's use times this)
+    - busy_day: factor [2, 3] (one local day's use times this; normal variation, no alert)
+    - abnormal_high: factor [3, 5] (use times this, capped at q4, over a run of whole local days),
+      duration_days [3, 7] (whole days; shortened to what is left, but at least the low end),
+      min_history_days 7 (the run starts no earlier, so detectors have a baseline first). Only
+      runs where the customer used water every day qualify (an empty home times 4 is still empty)
     - replacement, rollover: at_share [0.1, 0.9] (where in the period)
     - dma_imbalance: rate_share [0.03, 0.10] (of the DMA's mean customer inflow),
       growing_share 0.3, onset_share [0.05, 0.3], ramp_h [6, 72], min_days 2
@@ -192,6 +201,9 @@ class FaultConfig:
                 raise ValueError(f"faults.{kind}.rate_lph must be above 0 (drawn log-uniformly)")
         if cfg.span("low_battery", "final_pct")[1] >= cfg.span("low_battery", "threshold_pct")[0]:
             raise ValueError("faults.low_battery.final_pct must stay below threshold_pct")
+        lo, hi = _whole_days(cfg)
+        if lo < 1 or lo > hi:
+            raise ValueError("faults.abnormal_high.duration_days must span a whole day, at least 1")
         return cfg
 
 
@@ -215,6 +227,12 @@ def _param(where: str, value: Any, default: Param) -> Param:
     if where.endswith("_share") and number > 1:
         raise ValueError(f"{where} must be at most 1")
     return number
+
+
+def _whole_days(cfg: FaultConfig) -> tuple[int, int]:
+    """The whole-day durations inside ``abnormal_high.duration_days``: a run is local days."""
+    lo, hi = cfg.span("abnormal_high", "duration_days")
+    return math.ceil(lo), math.floor(hi)
 
 
 def _r(x: float, digits: int = 3) -> float:
@@ -460,6 +478,33 @@ def _busy_day(c: _Ctx, m: int) -> Label | None:
     return _label(c, m, "busy_day", a, c.iso(b), factor=factor)
 
 
+def _abnormal_high(c: _Ctx, m: int) -> Label | None:
+    """A run of whole local days at ``factor`` times the customer's own use.
+
+    The rise is relative to the customer's pattern (a production run, a timer left on), so it
+    keeps the daily shape. Runs with a day of no use are skipped: that day would stay empty, and
+    a label for a rise the data never shows would score a detector for missing nothing.
+    """
+    meter = c.meters[m]
+    history = round(c.cfg.num("abnormal_high", "min_history_days") * 86400 / c.grid.interval_s)
+    days = [d for d in c.local_days(meter.timezone) if d[0] >= history]
+    shortest, longest = _whole_days(c.cfg)
+    n = min(int(c.rng.integers(shortest, longest + 1)), len(days))
+    if n < shortest:
+        return None
+    used = np.array([c.state.use[m, a + 1 : b + 1].sum() > 0 for a, b in days])
+    starts = np.flatnonzero(np.lib.stride_tricks.sliding_window_view(used, n).all(axis=1))
+    if starts.size == 0:
+        return None
+    first = int(starts[c.rng.integers(starts.size)])
+    a, b = days[first][0], days[first + n - 1][1]
+    factor = _r(c.uniform("abnormal_high", "factor"))
+    seg = c.state.use[m, a + 1 : b + 1]
+    seg *= factor
+    np.minimum(seg, 1.25 * meter.q3_m3h * c.dt_h, out=seg)
+    return _label(c, m, "abnormal_high", a, c.iso(b), factor=factor, days=n)
+
+
 def _replacement(c: _Ctx, m: int) -> Label | None:
     r = min(max(1, round(c.uniform("replacement", "at_share") * c.last)), c.last)
     c.state.replaced_at[m] = r
@@ -512,6 +557,7 @@ _INJECT: dict[str, Callable[[_Ctx, int], Label | None]] = {
     "busy_day": _busy_day,
     "replacement": _replacement,
     "rollover": _rollover,
+    "abnormal_high": _abnormal_high,
 }
 
 

@@ -34,8 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from meterwatch.domain import Meter, MeterKind
+from meterwatch.holidays import NATIONAL_DAY, SPRING_FESTIVAL, DayType, day_type, holiday_at
 from simulators.grid import Grid, local_seconds
-from simulators.holidays import NATIONAL_DAY, SPRING_FESTIVAL, DayType, day_type, holiday_at
 
 
 @dataclass(frozen=True)

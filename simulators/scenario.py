@@ -27,10 +27,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from meterwatch.domain import Meter, MeterKind
+from meterwatch.holidays import DayType, day_type, holidays_in
 from simulators import faults, profiles, reporting
 from simulators.fleet import make_fleet
 from simulators.grid import Grid, local_seconds
-from simulators.holidays import DayType, day_type, holidays_in
 from simulators.labels import Label
 from simulators.recording import Recording
 from simulators.state import FleetState, new_state
@@ -146,6 +146,9 @@ def _rng(scn: Scenario, stage: int) -> np.random.Generator:
     return np.random.default_rng([scn.seed, stage])
 
 
+NBIOT_UPLOAD_S = 86400
+
+
 def build_fleet(scn: Scenario) -> tuple[list[Meter], list[str]]:
     """Customers from the basic fleet model plus one bulk inlet meter per DMA (sized later)."""
     customers = make_fleet(
@@ -171,6 +174,11 @@ def build_fleet(scn: Scenario) -> tuple[list[Meter], list[str]]:
     rng = _rng(scn, FLEET)
     nbiot = rng.random(len(customers)) < scn.nbiot_share
     modes = [NBIOT if b else LORA for b in nbiot] + [LORA] * len(inlets)
+    # The registry says how often a meter uploads: NB-IoT meters send once a day.
+    customers = [
+        m._replace(expected_interval_s=NBIOT_UPLOAD_S) if b else m
+        for m, b in zip(customers, nbiot, strict=True)
+    ]
     return customers + inlets, modes
 
 

@@ -12,15 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-FLAG_BITS: dict[str, int] = {
-    "tamper": 1,
-    "magnetic": 2,
-    "reverse": 4,
-    "leak": 8,
-    "burst": 16,
-    "low_battery": 32,
-    "dry": 64,
-}
+from meterwatch.domain import FLAG_BITS
+
+__all__ = ["FLAG_BITS", "FleetState", "flag_names", "new_state"]
 
 
 @dataclass(eq=False)

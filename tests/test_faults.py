@@ -190,6 +190,71 @@ def test_busy_day_scales_one_local_day() -> None:
         assert AFTER.use[m].sum() > BEFORE.use[m].sum()
 
 
+def test_abnormal_high_scales_a_run_of_whole_local_days_after_a_week() -> None:
+    lengths = set()
+    for m, a, b, lb in _of("abnormal_high"):
+        n, factor = lb.params["days"], lb.params["factor"]
+        assert lb.expect_alert and 3 <= n <= 7 and 3 <= factor <= 5
+        assert b - a == n * 96 and (GRID.ts[a] + 8 * 3600) % 86400 == 0  # local midnights
+        assert GRID.ts[a] >= GRID.start_s + 7 * 86400  # a week of normal history first
+        q4 = 1.25 * METERS[m].q3_m3h * DT_H
+        scaled = np.minimum(BEFORE.use[m, a + 1 : b + 1] * factor, q4)
+        assert np.allclose(AFTER.use[m, a + 1 : b + 1], scaled)
+        assert np.array_equal(AFTER.use[m, : a + 1], BEFORE.use[m, : a + 1])
+        assert np.array_equal(AFTER.use[m, b + 1 :], BEFORE.use[m, b + 1 :])
+        daily = BEFORE.use[m, a + 1 : b + 1].reshape(n, 96).sum(axis=1)
+        assert np.all(daily > 0)  # every day of the run shows the rise
+        assert AFTER.use[m, a + 1 : b + 1].sum() > 2.5 * daily.sum()
+        lengths.add(n)
+    assert len(lengths) > 1
+
+
+def test_abnormal_high_fits_the_history_and_the_days_left() -> None:
+    def only_abnormal_high(history_days: float) -> FaultConfig:
+        table = {"per_1000": 100.0, "min_history_days": history_days}
+        return FaultConfig.from_toml({**dict.fromkeys(METER_FAULTS, 0.0), "abnormal_high": table})
+
+    late = only_abnormal_high(14)
+    _, after, labels = _run(7, late)
+    # 14 days in, the first local midnight is 14 d 16 h in and 6 whole local days are left.
+    runs = [lb for lb in labels if lb.type == "abnormal_high"]
+    assert len(runs) == 40
+    for lb in runs:
+        assert _col(lb.start) >= 14 * 96 and 3 <= lb.params["days"] <= 6
+        assert _col(lb.end) <= GRID.steps - 1
+    assert any(lb.params["days"] == 6 for lb in runs)  # 7-day draws shortened to what is left
+    again = _run(7, late)
+    assert dumps_labels(again[2]) == dumps_labels(labels)
+    assert np.array_equal(again[1].use, after.use)
+    assert not [lb for lb in _run(7, only_abnormal_high(18))[2] if lb.type == "abnormal_high"]
+
+
+def test_abnormal_high_only_lands_on_days_with_use() -> None:
+    cfg = FaultConfig.from_toml(dict.fromkeys(METER_FAULTS, 0.0) | {"abnormal_high": 100.0})
+    empty = new_state(len(METERS), GRID.steps)
+    labels = inject(empty, METERS, GRID, np.random.default_rng(7), cfg)
+    assert not [lb for lb in labels if lb.type == "abnormal_high"] and not empty.use.any()
+    # Every fourth local day away from home: only 3-day runs fit between the empty days.
+    state = _normal_state()
+    day = np.concatenate(([0], (GRID.ts[:-1] + 8 * 3600) // 86400))  # local day of each interval
+    state.use[:, day % 4 == 0] = 0.0
+    labels = inject(state, METERS, GRID, np.random.default_rng(7), cfg)
+    runs = [lb for lb in labels if lb.type == "abnormal_high"]
+    assert runs and all(lb.params["days"] == 3 for lb in runs)
+    for lb in runs:
+        a, b = _col(lb.start), _col(lb.end)
+        assert np.all(state.use[ROW[lb.meter_id], a + 1 : b + 1].reshape(3, 96).sum(axis=1) > 0)
+
+
+def test_abnormal_high_leaves_the_other_types_meters_alone() -> None:
+    without = FaultConfig.from_toml(
+        {**dict.fromkeys(METER_FAULTS, RATE), "abnormal_high": 0.0, "dma_leak_share": 0.5}
+    )
+    _, _, labels = _run(7, without)
+    others = set(METER_FAULTS) - {"abnormal_high"}
+    assert [lb for lb in labels if lb.type in others] == [lb for lb in LABELS if lb.type in others]
+
+
 def test_dma_network_leak_goes_to_network_loss_only() -> None:
     assert sorted(AFTER.network_loss) == ["dma-01", "dma-02", "dma-03", "dma-04"]
     leaking = set()
@@ -246,7 +311,7 @@ def test_short_periods_get_no_unalertable_windows() -> None:
     state.use[:] = _normal_state().use[:, : short.steps]
     labels = inject(state, METERS, short, np.random.default_rng(1), CFG)
     kinds = Counter(lb.type for lb in labels)
-    assert kinds["no_consumption"] == 0 and kinds["leak"] > 0
+    assert kinds["no_consumption"] == 0 and kinds["abnormal_high"] == 0 and kinds["leak"] > 0
     with pytest.raises(ValueError, match="meters x steps"):
         inject(new_state(3, 5), METERS, GRID, np.random.default_rng(1), CFG)
 
@@ -291,6 +356,7 @@ def test_config_from_toml_and_its_errors() -> None:
         "silent": {"recover_share": 1.5},
         "tamper": True,
         "battery": 3.0,
+        "abnormal_high": {"duration_days": [3.2, 3.8]},
     }
     for key, value in bad.items():
         with pytest.raises(ValueError, match=key):

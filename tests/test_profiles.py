@@ -21,10 +21,10 @@ from bench.calibration import (
     simulated_series,
 )
 from meterwatch.domain import Meter, MeterKind
+from meterwatch.holidays import DayType, day_type, holidays_in
 from simulators.csvsource import DAIAD
 from simulators.fleet import Q3_BY_DN, make_fleet
 from simulators.grid import Grid
-from simulators.holidays import DayType, day_type, holidays_in
 from simulators.profiles import (
     HOME,
     OFFICE,

@@ -1,4 +1,8 @@
-"""Chinese public holidays 2016–2030 and the type of each day, for consumption profiles and labels.
+"""Chinese public holidays 2016–2030 and the type of each day.
+
+Shared vocabulary: the simulators shape consumption and label holidays with it, and the
+detectors build holiday-aware baselines from the same calendar (they must not import the
+simulators), so both sides agree on which day is a day off.
 
 The State Council publishes each year's arrangement (国务院办公厅关于 YYYY 年部分节假日安排的通知,
 gov.cn) a few weeks before the year starts: the runs of days off around each festival and the
@@ -13,11 +17,15 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 FIRST_YEAR, LAST_YEAR = 2016, 2030
+
+# Calendar days as dates or as day numbers since 1970-01-01; both index the same table.
+Days = NDArray[np.datetime64] | NDArray[np.integer[Any]]
 
 
 class DayType(IntEnum):
@@ -210,17 +218,21 @@ def _table() -> tuple[NDArray[np.datetime64], NDArray[np.int8], NDArray[np.datet
 _DAYS_OFF, _HOLIDAY_OF, _MAKEUP = _table()
 
 
-def holiday_at(dates: NDArray[np.datetime64]) -> NDArray[np.int8]:
+def holiday_at(dates: Days) -> NDArray[np.int8]:
     """Index into ``HOLIDAY_NAMES`` of the holiday each day belongs to, -1 for none."""
     days = np.asarray(dates, dtype="datetime64[D]")
     pos = np.clip(np.searchsorted(_DAYS_OFF, days), 0, _DAYS_OFF.size - 1)
     return np.where(_DAYS_OFF[pos] == days, _HOLIDAY_OF[pos], np.int8(-1)).astype(np.int8)
 
 
-def day_type(dates: NDArray[np.datetime64]) -> NDArray[np.int8]:
+def day_type(dates: Days) -> NDArray[np.int8]:
     """``DayType`` of each day: official days off first, then make-up workdays, then the weekday.
 
-    Days outside 2016–2030 get plain weekday/weekend types.
+    Takes dates or integer day numbers since 1970-01-01 (local seconds // 86400), any shape, so a
+    detector can type a whole window of day numbers at once; returns int8 of the same shape. Days
+    are calendar days where the meter is: a finer ``datetime64`` is cut to its date, so pass local
+    times, not UTC instants, or a reading just after local midnight in China (UTC+8) gets the
+    previous day's type. Days outside 2016–2030 get plain weekday/weekend types.
     """
     days = np.asarray(dates, dtype="datetime64[D]")
     weekend = (days.astype(np.int64) + 3) % 7 >= 5  # 1970-01-01 was a Thursday
