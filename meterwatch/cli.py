@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from evaluation.command import add_evaluate_arguments, evaluate_text, run_evaluate
 from meterwatch import __version__
 from meterwatch.settings import Settings
 from simulators.replay import add_replay_arguments, parse_speed
@@ -163,6 +164,12 @@ def cmd_meters_import(args: argparse.Namespace) -> int:
     return 1 if res.errors else 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    scores = run_evaluate(args, _settings(args))
+    _emit(args, scores.to_json(), evaluate_text(scores))
+    return 0
+
+
 def _iso(value: str) -> datetime:
     ts = datetime.fromisoformat(value)
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
@@ -213,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     _service_flags(p, db=False, mqtt=True)
     add_replay_arguments(p)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("evaluate", help="score alerts against a scenario's labels")
+    _service_flags(p)
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"

@@ -1,0 +1,207 @@
+"""Rules decided when a meter's local day closes: abnormal use against the meter's own baseline,
+its normal minimum flow, and the day's contribution to its DMA balance and the fleet model.
+
+Baselines are kept per kind of day (workday, weekend, public holiday, Spring Festival), learn only
+from days that did not look abnormal (an alert's own data must not become the new normal), and
+clip what they learn, so a single extreme day moves them little.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detectors.emit import enabled, rule_open
+from meterwatch.holidays import DayType, day_type
+
+if TYPE_CHECKING:
+    from detectors.bank import Context
+
+FULL_DAY_HOURS = 20
+LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
+LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
+LEAK_LEARN_DAYS = 3
+LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called  # a day with fewer hours (the meter's first, a clock change) is not judged
+# Where a kind of day has no history yet, compare with the nearest kind that has.
+_FALLBACK = {
+    DayType.WORKDAY: (DayType.WORKDAY, DayType.WEEKEND),
+    DayType.WEEKEND: (DayType.WEEKEND, DayType.HOLIDAY, DayType.WORKDAY),
+    DayType.HOLIDAY: (DayType.HOLIDAY, DayType.WEEKEND, DayType.WORKDAY),
+    DayType.SPRING_FESTIVAL: (DayType.SPRING_FESTIVAL, DayType.HOLIDAY, DayType.WEEKEND),
+}
+_MEMORY_DAYS = {DayType.WORKDAY: 10, DayType.WEEKEND: 4, DayType.HOLIDAY: 3, DayType.SPRING_FESTIVAL: 3}
+
+
+def _baseline(state: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8]) -> NDArray[np.float64]:
+    out = np.full(idx.size, np.nan)
+    for kind, chain in _FALLBACK.items():
+        rows = np.flatnonzero(dtype == kind)
+        for fallback in chain:
+            todo = rows[np.isnan(out[rows])]
+            if todo.size == 0:
+                break
+            n = state["day_n"][idx[todo], fallback]
+            ok = todo[n >= 2]
+            out[ok] = state["day_base"][idx[ok], fallback]
+    return out
+
+
+def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
+    st, pr = ctx.state, ctx.params
+    full = st["day_hours"][idx] >= FULL_DAY_HOURS
+    idx = idx[full]
+    if idx.size == 0:
+        return
+    lday = st["day"][idx].astype(np.int64)
+    vol = st["day_vol"][idx].astype(np.float64)
+    dtype = day_type(lday)
+    start = lday * 86400 - pr["off_s"][idx]
+    end = start + 86400
+    ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)
+    _leak_daily(ctx, idx, lday, dtype, start, end)
+    base = _baseline(st, idx, dtype)
+    warm = (st["days"][idx] >= pr["warmup"][idx]) & ~np.isnan(base)
+    leak = np.where(rule_open(st, idx, "leak"), st["leak_rate"][idx] * 24.0, 0.0)
+    use = np.maximum(vol - leak, 0.0)
+    high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
+    ordinary = dtype < DayType.HOLIDAY
+    low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~high
+    _abnormal(ctx, idx, "abnormal_high", "hi", high, np.ones(idx.size, np.bool_), pr["hi_days"][idx], start, end, use, base)
+    _abnormal(ctx, idx, "abnormal_low", "lo", low, ordinary, pr["lo_days"][idx], start, end, use, base)
+    learn = ~high & ~low & (use > 0)
+    _learn_day(st, idx[learn], dtype[learn], use[learn])
+    st["days"][idx] = np.minimum(st["days"][idx] + 1, 30000)
+    if ctx.fleet is not None:
+        fo = enabled(pr, idx, "fleet_outlier") & (vol > 0)
+        if fo.any():
+            k = idx[fo]
+            hours = (start[fo] // 3600)[:, None] + np.arange(24)[None, :]
+            ctx.fleet_days.append((k, lday[fo], st["ring"][k[:, None], hours % 24].copy(), end[fo]))
+
+
+def _abnormal(
+    ctx: Context, idx: NDArray[np.intp], alert_type: str, key: str, hit: NDArray[np.bool_],
+    counts: NDArray[np.bool_], need: NDArray[np.int8], start: NDArray[np.int64],
+    end: NDArray[np.int64], use: NDArray[np.float64], base: NDArray[np.float64],
+) -> None:  # fmt: skip
+    """``need`` abnormal days in a row raise; a normal day that counts clears."""
+    st, pr = ctx.state, ctx.params
+    run_f, start_f = f"{key}_run", f"{key}_start"
+    run = st[run_f][idx].astype(np.int64)
+    run = np.where(hit, run + 1, np.where(counts, 0, run))
+    st[start_f][idx] = np.where(hit & (run == 1), start, st[start_f][idx])
+    st[run_f][idx] = np.minimum(run, 100).astype(np.int8)
+    on = hit & (run >= need) & enabled(pr, idx, alert_type)
+    if on.any():
+        r = np.flatnonzero(on)
+        k = idx[r]
+        hours = _hours_above(ctx, k, start[r])
+        ctx.emit.raise_(
+            alert_type, k, st[start_f][k], end[r], np.where(run[r] >= 2 * need[r], 2, 1),
+            lambda j: {
+                "day_m3": round(float(use[r[j]]), 3),
+                "baseline_m3": round(float(base[r[j]]), 3),
+                "ratio": round(float(use[r[j]] / base[r[j]]), 2) if base[r[j]] > 0 else None,
+                "days": int(run[r[j]]),
+                "hours_above_normal": hours[j],
+            },
+            lambda j: round(max(float(use[r[j]] - base[r[j]]), 0.0), 3),
+        )  # fmt: skip
+    off = np.flatnonzero(~hit & counts & rule_open(st, idx, alert_type))
+    ctx.emit.clear(alert_type, idx[off], end[off])
+
+
+def _hours_above(ctx: Context, k: NDArray[np.intp], start: NDArray[np.int64]) -> list[list[int]]:
+    """Local hours of the day whose use was over twice the hour-of-week baseline (evidence)."""
+    st, pr = ctx.state, ctx.params
+    out = []
+    for j in range(k.size):
+        m = int(k[j])
+        hours = start[j] // 3600 + np.arange(24)
+        local = (hours * 3600 + int(pr["off_s"][m])) // 3600 % 24
+        lday = (hours * 3600 + int(pr["off_s"][m])) // 86400
+        slot = ((lday + 3) % 7) * 24 + local
+        used = st["ring"][m, hours % 24]
+        out.append([int(h) for h in local[used > 2.0 * st["how"][m, slot] + 0.001]])
+    return out
+
+
+def _learn_day(st: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8], use: NDArray[np.float64]) -> None:
+    for kind, memory in _MEMORY_DAYS.items():
+        rows = np.flatnonzero(dtype == kind)
+        if rows.size == 0:
+            continue
+        k = idx[rows]
+        n = st["day_n"][k, kind].astype(np.float64)
+        old = st["day_base"][k, kind].astype(np.float64)
+        x = np.where(n >= 2, np.minimum(use[rows], 3.0 * old), use[rows])
+        st["day_base"][k, kind] = np.where(n == 0, x, old + (x - old) / np.minimum(n + 1.0, memory))
+        st["day_n"][k, kind] = np.minimum(n + 1, 30000).astype(np.int16)
+
+
+def _leak_daily(
+    ctx: Context, idx: NDArray[np.intp], lday: NDArray[np.int64], dtype: NDArray[np.int8],
+    start: NDArray[np.int64], end: NDArray[np.int64],
+) -> None:  # fmt: skip
+    """Leaks on meters that never stop: the day's low flow (mean of its 4 quietest hours) against
+    the meter's normal low flow, learned from ordinary workdays. A leak adds the same flow to every
+    hour, so it lifts the quiet hours by its rate; busy hours only add noise, so they are left out.
+    """
+    st, pr = ctx.state, ctx.params
+    rows = np.flatnonzero(pr["leak_learn"][idx] & (st["day_gaps"][idx] < LOW_HOURS))
+    if rows.size == 0:
+        return
+    k = idx[rows]
+    hours = (start[rows] // 3600)[:, None] + np.arange(24)[None, :]
+    day = st["ring"][k[:, None], hours % 24].astype(np.float64)
+    low = np.sort(day, axis=1)[:, :LOW_HOURS].mean(axis=1)
+    n = st["base_n"][k].astype(np.float64)
+    base = st["base_min"][k].astype(np.float64)
+    dev = st["base_dev"][k].astype(np.float64)
+    margin = np.maximum.reduce([pr["leak_thr"][k], LEAK_DEVS * dev, pr["leak_margin"][k] * base])
+    ready = n >= LEAK_LEARN_DAYS
+    opened = rule_open(st, k, "leak")
+    above = ready & (low >= base + margin) & enabled(pr, k, "leak")
+    days = np.where(above, st["leak_run"][k] + 1, 0)
+    st["leak_run"][k] = days
+    hit = above & (days >= LEAK_DAYS)
+    if hit.any():
+        r = np.flatnonzero(hit)
+        kk = k[r]
+        rate = low[r] - base[r]
+        sev = np.where(rate >= pr["leak_crit"][kk], 2, 1).astype(np.int8)
+        began = start[rows][r] - (days[r] - 1) * 86400
+        if r.size:  # raised, or repeated once a day with the new estimate
+            ctx.emit.raise_(
+                "leak", kk, began, end[rows][r], sev,
+                lambda j: {
+                    "rule": "low_flow_day",
+                    "leak_lph": round(float(rate[j]) * 1000.0, 1),
+                    "low_flow_lph": round(float(low[r[j]]) * 1000.0, 1),
+                    "normal_low_lph": round(float(base[r[j]]) * 1000.0, 1),
+                    "threshold_lph": round(float(base[r[j]] + margin[r[j]]) * 1000.0, 1),
+                    "window_h": int(days[r[j]]) * 24,
+                },
+                lambda j: round(float(rate[j]) * 24.0, 3),
+            )  # fmt: skip
+            st["leak_sev"][kk] = sev
+            st["leak_rate"][kk] = rate
+            st["leak_day"][kk] = lday[rows][r]
+    quiet = np.flatnonzero(opened & ~hit & (low < base + 0.5 * margin))
+    if quiet.size:
+        kk = k[quiet]
+        ctx.emit.clear("leak", kk, end[rows][quiet])
+        st["leak_rate"][kk] = 0.0
+        st["leak_sev"][kk] = 0
+    learn = ~above & ~opened & (dtype[rows] == DayType.WORKDAY)
+    if learn.any():
+        kk, x = k[learn], low[learn]
+        nn, b, d = n[learn], base[learn], dev[learn]
+        x = np.where(nn >= LEAK_LEARN_DAYS, np.minimum(x, b + 2.0 * np.maximum(d, pr["leak_thr"][kk])), x)
+        w = 1.0 / np.minimum(nn + 1.0, 7.0)
+        nb = np.where(nn == 0, x, b + w * (x - b))
+        st["base_dev"][kk] = np.where(nn == 0, 0.0, d + w * (np.abs(x - b) - d))
+        st["base_min"][kk] = nb
+        st["base_n"][kk] = np.minimum(nn + 1, 30000).astype(np.int16)

@@ -1,0 +1,188 @@
+"""Rules decided reading by reading: the meter's own flags and battery, bursts, reverse flow.
+
+Each works on a whole batch (grouped by meter, arrival order kept) with run-length arithmetic
+instead of a loop, and carries its run across batches in the meter's state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detectors.emit import Emitter, enabled
+from detectors.registers import REVERSE, Intervals, ffill, group_last, group_starts, runs
+from detectors.state import TYPE_BIT
+from meterwatch.domain import FLAG_BITS
+from meterwatch.holidays import DayType, day_type
+
+# The meter's flags and the alert type each one raises. Every known flag maps somewhere.
+FLAG_TYPES: tuple[tuple[str, int], ...] = (
+    ("tamper", FLAG_BITS["tamper"] | FLAG_BITS["magnetic"]),
+    ("reverse_flow", FLAG_BITS["reverse"]),
+    ("leak", FLAG_BITS["leak"]),
+    ("burst", FLAG_BITS["burst"]),
+    ("low_battery", FLAG_BITS["low_battery"]),
+    ("meter_alarm", FLAG_BITS["dry"]),
+)
+_NAMES = sorted((bit, name) for name, bit in FLAG_BITS.items())
+BATTERY_HYSTERESIS_PCT = 5.0
+
+
+def flags(
+    em: Emitter,
+    params: NDArray[np.void],
+    meter: NDArray[np.int32],
+    ts: NDArray[np.int64],
+    bits: NDArray[np.uint8],
+    battery: NDArray[np.float32],
+    span_start: NDArray[np.int64],
+) -> None:
+    """Status rows only (one per message), grouped by meter in arrival order.
+
+    A flag is on while the meter's messages carry it. The battery alone opens ``low_battery``
+    below its threshold and closes it only well above, so a level wobbling around the threshold
+    does not flap; a message without a battery value says nothing about it.
+    """
+    if meter.size == 0:
+        return
+    m = meter.astype(np.intp)
+    first = group_starts(meter)
+    has_battery = ~np.isnan(battery)
+    low = has_battery & (battery < params["bat_low"][m])
+    high = has_battery & (battery >= params["bat_low"][m] + BATTERY_HYSTERESIS_PCT)
+    for alert_type, mask in FLAG_TYPES:
+        flagged = (bits & np.uint8(mask)) != 0
+        initial = (em.state["open_flag"][m] & np.uint16(TYPE_BIT[alert_type])) != 0
+        if alert_type == "low_battery":
+            on = flagged | low
+            on = ffill(on | high, on, first, initial)
+        else:
+            on = flagged
+        prev = np.empty_like(on)
+        prev[1:] = on[:-1]
+        prev[first] = initial[first]
+        up = np.flatnonzero(on & ~prev & enabled(params, m, alert_type))
+        down = np.flatnonzero(~on & prev)
+        if up.size:
+            em.raise_(
+                alert_type, m[up], span_start[up], ts[up], 1,
+                lambda k, up=up: _flag_evidence(int(bits[up[k]]), float(battery[up[k]])),
+                by_flag=True,
+            )  # fmt: skip
+        if down.size:
+            em.clear(alert_type, m[down], ts[down], by_flag=True)
+    last = group_last(meter[has_battery])
+    em.state["battery"][m[has_battery][last]] = battery[has_battery][last]
+
+
+def _flag_evidence(bits: int, battery: float) -> dict[str, Any]:
+    ev: dict[str, Any] = {"source": "meter_flag", "flags": [n for b, n in _NAMES if bits & b]}
+    if not np.isnan(battery):
+        ev["battery_pct"] = round(battery, 1)
+    return ev
+
+
+def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
+    """Flow at burst level for ``burst_s`` seconds in a row (or one long interval holding it)."""
+    if iv.meter.size == 0:
+        return
+    state = em.state
+    m = iv.meter.astype(np.intp)
+    dt = (iv.t1 - iv.t0).astype(np.float64)
+    q = params["burst_q"][m].astype(np.float64)
+    need = params["burst_s"][m].astype(np.float64)
+    flow = iv.volume / dt * 3600.0
+    normal = _normal_flow(state, params, m, iv.t1)
+    excess = flow - normal
+    short = dt <= need
+    high = np.where(short, excess >= q, excess * dt / 3600.0 >= q * need / 3600.0)
+    high &= enabled(params, m, "burst")
+    first = group_starts(iv.meter)
+    carry_s = state["burst_s"][m].astype(np.float64)
+    dur = np.where(short, dt, need)
+    r = runs(high, first, carry_s, dur)
+    vol = runs(high, first, np.where(carry_s > 0, state["burst_m3"][m], 0.0), iv.volume).total
+    start_t = np.where(r.carried, state["burst_start"][m], iv.t0[r.start])
+    cross = np.flatnonzero(high & (r.total >= need) & (r.before < need))
+    if cross.size:
+        em.raise_(
+            "burst", m[cross], start_t[cross], iv.t1[cross], 2,
+            lambda k: {
+                "flow_m3h": round(float(flow[cross[k]]), 3),
+                "q3_m3h": round(float(params["q3"][m[cross[k]]]), 3),
+                "duration_min": round(float(r.total[cross[k]]) / 60.0, 1),
+                "volume_m3": round(float(vol[cross[k]]), 3),
+            },
+        )  # fmt: skip
+    prev_high = np.empty_like(high)
+    prev_high[1:] = high[:-1]
+    prev_high[first] = carry_s[first] > 0
+    ended = np.flatnonzero(~high & prev_high)
+    em.clear("burst", m[ended], iv.t1[ended])
+    last = group_last(iv.meter)
+    lm = m[last]
+    state["burst_s"][lm] = np.minimum(r.total[last], 2**31 - 1).astype(np.int32)
+    state["burst_m3"][lm] = vol[last]
+    state["burst_start"][lm] = np.where(high[last], start_t[last], -1)
+
+
+def _normal_flow(
+    state: NDArray[np.void], params: NDArray[np.void], m: NDArray[np.intp], t1: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """The meter's usual flow (m3/h) in the hour of the week ``t1`` falls in; before that slot
+    is learned, the highest hourly normal it has learned (0 for a new meter)."""
+    local = t1 - 1 + params["off_s"][m]
+    lday = local // 86400
+    weekday = np.where(day_type(lday) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
+    slot = weekday * 24 + (local // 3600) % 24
+    how = state["how"][m, slot].astype(np.float64)
+    learned = state["how_n"][m, slot] > 0
+    if learned.all():
+        return how
+    fallback = np.where(state["how_n"][m] > 0, state["how"][m], 0.0).max(axis=1)
+    return np.where(learned, how, fallback)
+
+
+def reverse(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
+    """Register decreases in a row that hold real volume; one jitter step back is not flow."""
+    if iv.meter.size == 0:
+        return
+    state = em.state
+    m = iv.meter.astype(np.intp)
+    back = (iv.kind == REVERSE) & enabled(params, m, "reverse_flow")
+    first = group_starts(iv.meter)
+    carry_n = state["rev_n"][m].astype(np.float64)
+    n = runs(back, first, carry_n, np.ones(m.size))
+    vol = runs(back, first, np.where(carry_n > 0, state["rev_m3"][m], 0.0), iv.reverse).total
+    need_n = params["rev_n"][m].astype(np.float64)
+    need_v = params["rev_m3"][m].astype(np.float64)
+    ok = back & (n.total >= need_n) & (vol >= need_v)
+    # Raise once per run: at the first row of the run that meets both conditions.
+    ok_before = np.empty_like(ok)
+    ok_before[1:] = ok[:-1] & back[1:]
+    ok_before[first] = (
+        (carry_n[first] >= need_n[first]) & (state["rev_m3"][m[first]] >= need_v[first]) & back[first]
+    )
+    start_t = np.where(n.carried, state["rev_start"][m], iv.t0[n.start])
+    cross = np.flatnonzero(ok & ~ok_before)
+    if cross.size:
+        em.raise_(
+            "reverse_flow", m[cross], start_t[cross], iv.t1[cross], 1,
+            lambda k: {
+                "source": "register",
+                "volume_l": round(float(vol[cross[k]]) * 1000.0, 1),
+                "intervals": int(n.total[cross[k]]),
+            },
+        )  # fmt: skip
+    prev_back = np.empty_like(back)
+    prev_back[1:] = back[:-1]
+    prev_back[first] = carry_n[first] > 0
+    ended = np.flatnonzero(~back & prev_back)
+    em.clear("reverse_flow", m[ended], iv.t1[ended])
+    last = group_last(iv.meter)
+    lm = m[last]
+    state["rev_n"][lm] = np.minimum(n.total[last], 30000).astype(np.int16)
+    state["rev_m3"][lm] = vol[last]
+    state["rev_start"][lm] = np.where(back[last], start_t[last], -1)

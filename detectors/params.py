@@ -1,0 +1,104 @@
+"""Per-meter constants the rules read: registry facts and resolved thresholds, one record a meter.
+
+Thresholds are resolved once per meter (kind, tenant and meter overrides) into plain numbers in
+the units the rules compute in (m3, m3/h, seconds, hours), so a rule compares whole arrays.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detectors.config import Thresholds
+from detectors.state import TYPE_BIT
+from meterwatch.domain import Meter, MeterKind
+
+KIND_CODE = {kind: i for i, kind in enumerate(MeterKind)}
+
+PARAM_DTYPE = np.dtype(
+    [
+        ("q3", np.float32),  # m3/h
+        ("reg_max", np.float64),
+        ("kind", np.int8),
+        ("dma", np.int32),  # -1: none
+        ("inlet", np.bool_),
+        ("off_s", np.int32),  # UTC offset of the meter's zone
+        ("expected_s", np.int32),
+        ("enabled", np.uint16),  # TYPE_BIT of enabled alert types
+        ("leak_thr", np.float32),  # m3/h above the normal minimum
+        ("leak_learn", np.bool_),
+        ("leak_margin", np.float32),
+        ("leak_window", np.int16),
+        ("night_from", np.int8),
+        ("night_to", np.int8),
+        ("night_n", np.int16),
+        ("leak_crit", np.float32),  # m3/h
+        ("leak_crit_h", np.int32),
+        ("burst_q", np.float32),  # m3/h
+        ("burst_s", np.int32),
+        ("hi_factor", np.float32),
+        ("hi_min", np.float32),
+        ("lo_factor", np.float32),
+        ("hi_days", np.int8),
+        ("lo_days", np.int8),
+        ("warmup", np.int16),
+        ("nc_h", np.float32),
+        ("nc_alarm_h", np.float32),
+        ("rev_m3", np.float32),
+        ("rev_n", np.int16),
+        ("bat_low", np.float32),
+        ("silent_s", np.int64),
+        ("fo_days", np.int8),
+    ]
+)
+
+
+def utc_offset_s(timezone: str, at_epoch_s: int) -> int:
+    """The zone's offset at an event time. China has one offset all year; zones with daylight
+    saving keep the offset of the meter's first reading (local days may shift by an hour there)."""
+    offset = datetime.fromtimestamp(at_epoch_s, UTC).astimezone(ZoneInfo(timezone)).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> NDArray[np.void]:
+    r = np.zeros(1, PARAM_DTYPE)
+    enabled = 0
+    for name, bit in TYPE_BIT.items():
+        if t.enabled(name):
+            enabled |= bit
+    r["q3"] = meter.q3_m3h
+    r["reg_max"] = meter.register_max_m3
+    r["kind"] = KIND_CODE[MeterKind(meter.kind)]
+    r["dma"] = dma
+    r["inlet"] = inlet
+    r["off_s"] = off_s
+    r["expected_s"] = meter.expected_interval_s
+    r["enabled"] = enabled
+    r["leak_thr"] = t.leak_threshold_lph(meter.q3_m3h) / 1000.0
+    r["leak_learn"] = t.leak_learn_baseline
+    r["leak_margin"] = t.leak_baseline_margin
+    r["leak_window"] = t.leak_window_h
+    r["night_from"] = t.leak_night_from_h
+    r["night_to"] = t.leak_night_to_h
+    r["night_n"] = t.leak_night_nights
+    r["leak_crit"] = t.leak_critical_lph / 1000.0
+    r["leak_crit_h"] = round(t.leak_critical_days * 24)
+    r["burst_q"] = t.burst_q3_share * meter.q3_m3h
+    r["burst_s"] = round(t.burst_min_min * 60)
+    r["hi_factor"] = t.abnormal_high_factor
+    r["hi_min"] = t.abnormal_high_min_m3
+    r["lo_factor"] = t.abnormal_low_factor
+    r["hi_days"] = t.abnormal_days
+    r["lo_days"] = t.abnormal_low_days
+    r["warmup"] = t.abnormal_warmup_days
+    r["nc_h"] = t.no_consumption_days * 24
+    r["nc_alarm_h"] = t.no_consumption_alarm_days * 24
+    r["rev_m3"] = t.reverse_min_l / 1000.0
+    r["rev_n"] = t.reverse_min_intervals
+    r["bat_low"] = t.battery_low_pct
+    r["silent_s"] = round(max(t.silent_factor * meter.expected_interval_s, t.silent_min_h * 3600))
+    r["fo_days"] = t.fleet_outlier_days
+    return r
