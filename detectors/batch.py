@@ -65,18 +65,27 @@ def from_messages(
     status = np.zeros(n, np.bool_)
     span_start = ts.copy()
     pos = 0
+    tl = ts.tolist()
     for msg in messages:
         k = len(msg)
         if k == 0:
             continue
-        seg = ts[pos : pos + k]
-        newest = pos + int(np.argmax(seg))
+        if k == 1:
+            newest = pos
+            r = msg[0]
+            if r.flags:
+                flags[pos] = flag_bits(r.flags)
+            if r.battery_pct is not None:
+                battery[pos] = r.battery_pct
+        else:
+            seg = tl[pos : pos + k]
+            newest = pos + seg.index(max(seg))
+            span_start[newest] = min(seg)
+            flags[newest] = flag_bits([f for r in msg for f in r.flags])
+            last_battery = [r.battery_pct for r in msg if r.battery_pct is not None]
+            if last_battery:
+                battery[newest] = last_battery[-1]
         status[newest] = True
-        span_start[newest] = int(seg.min())
-        flags[newest] = flag_bits([f for r in msg for f in r.flags])
-        last_battery = [r.battery_pct for r in msg if r.battery_pct is not None]
-        if last_battery:
-            battery[newest] = last_battery[-1]
         pos += k
     meter = index([r.meter_id for r in rows])
     return Batch(meter, ts, register, battery, flags, status, span_start)

@@ -14,7 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.emit import enabled, rule_open
-from meterwatch.holidays import DayType, day_type
+from detectors.params import day_types
+from meterwatch.holidays import DayType
 
 if TYPE_CHECKING:
     from detectors.bank import Context
@@ -56,7 +57,7 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
         return
     lday = st["day"][idx].astype(np.int64)
     vol = st["day_vol"][idx].astype(np.float64)
-    dtype = day_type(lday)
+    dtype = day_types(lday)
     start = lday * 86400 - pr["off_s"][idx]
     end = start + 86400
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)

@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 from detectors.alert import utc
 from detectors.daily import close_days
 from detectors.emit import enabled, rule_open
-from meterwatch.holidays import DayType, day_type
+from detectors.params import day_types
+from meterwatch.holidays import DayType
 
 if TYPE_CHECKING:
     from detectors.bank import Context
@@ -60,7 +61,7 @@ def hour_step(
     st["day_min"][idx] = np.minimum(st["day_min"][idx], vol)
     st["day_hours"][idx] += 1
     st["day_gaps"][idx] += gap
-    dtype = day_type(lday)
+    dtype = day_types(lday)
     _hour_of_week(st, idx, lday, lh, dtype, vol)
     _leak(ctx, idx, hour, lday, lh, vol, gap)
     _no_consumption(ctx, idx, hour, dtype, vol)

@@ -15,7 +15,8 @@ from detectors.emit import Emitter, enabled
 from detectors.registers import REVERSE, Intervals, ffill, group_last, group_starts, runs
 from detectors.state import TYPE_BIT
 from meterwatch.domain import FLAG_BITS
-from meterwatch.holidays import DayType, day_type
+from detectors.params import day_types
+from meterwatch.holidays import DayType
 
 # The meter's flags and the alert type each one raises. Every known flag maps somewhere.
 FLAG_TYPES: tuple[tuple[str, int], ...] = (
@@ -135,14 +136,15 @@ def _normal_flow(
     is learned, the highest hourly normal it has learned (0 for a new meter)."""
     local = t1 - 1 + params["off_s"][m]
     lday = local // 86400
-    weekday = np.where(day_type(lday) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
+    weekday = np.where(day_types(lday) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
     slot = weekday * 24 + (local // 3600) % 24
     how = state["how"][m, slot].astype(np.float64)
     learned = state["how_n"][m, slot] > 0
-    if learned.all():
-        return how
-    fallback = np.where(state["how_n"][m] > 0, state["how"][m], 0.0).max(axis=1)
-    return np.where(learned, how, fallback)
+    todo = np.flatnonzero(~learned)
+    if todo.size:
+        mt = m[todo]
+        how[todo] = np.where(state["how_n"][mt] > 0, state["how"][mt], 0.0).max(axis=1)
+    return how
 
 
 def reverse(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from detectors.config import Thresholds
 from detectors.state import TYPE_BIT
 from meterwatch.domain import Meter, MeterKind
+from meterwatch.holidays import day_type
 
 KIND_CODE = {kind: i for i, kind in enumerate(MeterKind)}
 
@@ -102,3 +103,19 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["silent_s"] = round(max(t.silent_factor * meter.expected_interval_s, t.silent_min_h * 3600))
     r["fo_days"] = t.fleet_outlier_days
     return r
+
+
+# Day types of every day the holiday calendar covers, looked up by day number: the hour rules ask
+# for thousands of days per batch.
+_FIRST_DAY = int(np.datetime64("2015-01-01", "D").astype(np.int64))
+_TYPES = day_type(np.arange(_FIRST_DAY, _FIRST_DAY + 17 * 366))
+
+
+def day_types(day: NDArray[np.integer]) -> NDArray[np.int8]:
+    """``meterwatch.holidays.day_type`` of local day numbers, by table where the calendar reaches."""
+    d = np.asarray(day, np.int64)
+    pos = d - _FIRST_DAY
+    inside = (pos >= 0) & (pos < _TYPES.size)
+    if inside.all():
+        return _TYPES[pos]
+    return np.where(inside, _TYPES[np.clip(pos, 0, _TYPES.size - 1)], day_type(d))

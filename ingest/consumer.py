@@ -23,6 +23,7 @@ import psycopg
 
 from meterwatch.codec import STORAGE_ERROR, Decoded, Rejection, decode_uplink, uplink_filter
 from meterwatch.mqtt import BrokerAddress, make_client, session_args
+from ingest.detection import Detection
 from storage.db import connect
 from storage.writer import BatchResult, Message, Writer
 
@@ -78,8 +79,10 @@ class Ingest:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_batch: Callable[[BatchResult], None] | None = None,
+        detection: Detection | None = None,
     ) -> None:
         self.config = config
+        self.detection = detection
         self.clock = clock
         self.on_batch = on_batch
         self.stats = IngestStats()
@@ -175,9 +178,15 @@ class Ingest:
         offending message is alone; that one becomes a ``storage_error`` dead letter.
         """
         delay = 0.5
+        res: BatchResult | None = None
         while True:
             try:
-                res = self._write([b.message for b in batch])
+                if res is None:
+                    res = self._write([b.message for b in batch])
+                    if self.detection is not None:
+                        self.detection.process([b.message for b in batch])
+                if self.detection is not None:
+                    self.detection.flush()
                 break
             except psycopg.OperationalError as e:
                 self.stats.db_retries += 1
@@ -266,6 +275,8 @@ class Ingest:
                 batch = []
                 self._collect(time.monotonic(), batch, 0)
             self._confirm_sent()
+            if self.detection is not None:
+                self.detection.stop()
         finally:
             self._stopping = True
             self._client.disconnect()

@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 
+from detectors.config import FleetSettings, ThresholdBook
 from ingest.consumer import Ingest, IngestConfig, IngestStats
+from ingest.detection import Detection, DetectionConfig
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
 from meterwatch.signals import stop_on_signals
@@ -57,8 +59,23 @@ class ProgressLog:
         self._last, self._last_readings = now, s.readings
 
 
+def detection_from(settings: Settings) -> Detection | None:
+    if not settings.detectors:
+        return None
+    detection = Detection(
+        DetectionConfig(
+            database_url=settings.database_url,
+            thresholds=ThresholdBook.load(settings.detector_config),
+            fleet=FleetSettings(dma_lateness_h=settings.dma_lateness_h),
+            checkpoint_interval_s=settings.detector_checkpoint_s,
+        )
+    )
+    detection.start()
+    return detection
+
+
 def run(settings: Settings) -> IngestStats:
-    ingest = Ingest(config_from(settings))
+    ingest = Ingest(config_from(settings), detection=detection_from(settings))
     ingest.on_batch = ProgressLog(ingest.stats)
     stop = threading.Event()
     log.info("ingest: %s -> database; batches of %d", settings.mqtt_url, settings.batch_readings)

@@ -23,7 +23,7 @@ import orjson
 import uvicorn
 
 from ingest.consumer import Ingest
-from ingest.service import ProgressLog, config_from
+from ingest.service import ProgressLog, config_from, detection_from
 from meterwatch.embedded import (
     EmbeddedBroker,
     EmbeddedPostgres,
@@ -36,6 +36,7 @@ from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
 from simulators.fleet import generate, make_fleet
 from simulators.publish import publish_fleet
+from storage.alerts import count_by_type
 from storage.db import connect
 from storage.migrate import migrate
 from storage.registry import upsert_meters
@@ -136,7 +137,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         )
         ids = [m.meter_id for m in fleet]
 
-        ingest = Ingest(config_from(settings))
+        ingest = Ingest(config_from(settings), detection=detection_from(settings))
         ingest.on_batch = ProgressLog(ingest.stats, every_s=5.0)
         stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(stop,), name="ingest")
@@ -196,6 +197,8 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
                 pass
         stop.set()
         ingest_thread.join(30)
+        with connect(settings.database_url) as conn:
+            summary["alerts"] = count_by_type(conn)
         summary["ingest"] = {
             "batches": ingest.stats.batches,
             "duplicates": ingest.stats.duplicates,

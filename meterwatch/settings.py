@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=7300, ge=1)
     compress_after_days: int = Field(default=30, ge=1)
 
+    # Detectors: thresholds file (TOML, see detectors/config.py), how often the bank checkpoints.
+    detectors: bool = True
+    detector_config: Path | None = None
+    detector_checkpoint_s: float = Field(default=60.0, gt=0)
+    dma_lateness_h: float = Field(default=42.0, ge=0)
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)

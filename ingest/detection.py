@@ -1,0 +1,122 @@
+"""Detectors at the ingest edge: run the bank on each committed batch, store what it says.
+
+The bank is pure; this module owns its I/O. On start it loads the meter registry and the last
+checkpoint (per-meter state and the global watermark/DMA/fleet state) so a restarted or different
+worker carries on where the last one stopped. Alerts are written after the batch's readings
+commit; if that write fails they stay queued and go with the next batch, and the broker message
+is acknowledged only after the alerts of its batch are stored, so a crash before that redelivers
+the batch and the bank (restored from its checkpoint) sees it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from detectors.alert import Alert
+from detectors.bank import Monitor
+from detectors.config import FleetSettings, ThresholdBook
+from meterwatch.domain import Meter, MeterKind
+from storage.alerts import apply_alerts, load_meta, load_states, save_meta, save_states
+from storage.db import connect
+from storage.writer import Message
+
+log = logging.getLogger(__name__)
+META_KEYS = ("watermark", "dma", "fleet")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    database_url: str
+    thresholds: ThresholdBook
+    fleet: FleetSettings
+    checkpoint_interval_s: float = 60.0
+    registry_refresh_s: float = 60.0
+
+
+def load_meters(conn: psycopg.Connection[Any]) -> list[Meter]:
+    rows = conn.execute(
+        """SELECT meter_id, tenant, dma, kind, dn_mm, q3_m3h, timezone, install_date,
+                  register_max_m3, tariff_cny_per_m3::float8, parent_meter_id, expected_interval_s
+           FROM meters"""
+    ).fetchall()
+    return [Meter(r[0], r[1], r[2], MeterKind(r[3]), *r[4:]) for r in rows]
+
+
+class Detection:
+    def __init__(self, config: DetectionConfig) -> None:
+        self.config = config
+        self.monitor = Monitor(thresholds=config.thresholds, fleet=config.fleet)
+        self.pending: list[Alert] = []
+        self.raised: Counter[str] = Counter()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
+        self._next_registry = 0.0
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.config.database_url, autocommit=True)
+        return self._conn
+
+    def start(self) -> None:
+        """Registry and checkpoint from the database."""
+        conn = self._db()
+        self.monitor.add_meters(load_meters(conn))
+        used = self.monitor.restore(load_states(conn))
+        meta = {k: v for k in META_KEYS if (v := load_meta(conn, k)) is not None}
+        self.monitor.restore_global(meta)
+        self._next_registry = time.monotonic() + self.config.registry_refresh_s
+        log.info("detectors: %d meters, %d resumed from checkpoint", len(self.monitor), used)
+
+    def process(self, messages: list[Message]) -> None:
+        """Run the bank on a committed batch; its alerts wait for :meth:`flush`."""
+        now = time.monotonic()
+        if now >= self._next_registry:
+            try:
+                self.monitor.add_meters(load_meters(self._db()))
+                self._next_registry = now + self.config.registry_refresh_s
+            except psycopg.OperationalError as e:
+                log.warning("registry refresh failed (%s); using the known registry", e)
+                self.close()
+        readings = [m.decoded.readings for m in messages if m.decoded.readings]
+        alerts = self.monitor.observe_messages(readings)
+        self.raised.update(a.type for a in alerts if not a.cleared)
+        self.pending.extend(alerts)
+
+    def flush(self, *, checkpoint: bool | None = None) -> None:
+        """Store pending alerts (and, when due, the checkpoint) in one transaction."""
+        if checkpoint is None:
+            checkpoint = time.monotonic() >= self._next_checkpoint
+        try:
+            conn = self._db()
+            with conn.transaction():
+                if self.pending:
+                    apply_alerts(conn, self.pending)
+                if checkpoint:
+                    save_states(conn, self.monitor.checkpoint())
+                    for key, value in self.monitor.global_state().items():
+                        save_meta(conn, key, value)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        self.pending = []
+        if checkpoint:
+            self._next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s
+
+    def stop(self) -> None:
+        """Final flush and checkpoint."""
+        try:
+            self.flush(checkpoint=True)
+        except psycopg.Error as e:
+            log.warning("detector checkpoint at stop failed (%s)", e)
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
