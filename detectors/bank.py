@@ -13,7 +13,7 @@ each of 10,000 meters is one vectorised step, not 10,000.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors import instant
-from detectors.alert import Alert
+from detectors.alert import Alert, utc
 from detectors.batch import Batch, from_messages
 from detectors.config import FleetSettings, ThresholdBook
 from detectors.dma import DmaBalance
@@ -47,9 +47,9 @@ class Context:
     emit: Emitter
     dma: DmaBalance
     fleet: Any  # detectors.fleet.FleetOutliers | None
-    fleet_days: list[tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]] = field(
-        default_factory=list
-    )
+    fleet_days: list[
+        tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]
+    ] = field(default_factory=list)
 
 
 class Monitor:
@@ -129,7 +129,7 @@ class Monitor:
         return self.observe(from_messages(messages, self.index))
 
     def observe(self, batch: Batch) -> list[Alert]:
-        """Feed readings in arrival order; returns the alerts (raised, repeated, cleared) they cause."""
+        """Feed readings in arrival order; returns the alerts (raised, repeated, cleared)."""
         n = len(self.ids)
         state, params = self.state[:n], self.params[:n]
         em = Emitter(state, self.ids)
@@ -150,7 +150,9 @@ class Monitor:
             b.span_start[order][st],
         )  # fmt: skip
         ok = accepted(m, ts, state["last_ts"])
-        iv = intervals(m, ts, reg, ok, state["last_ts"], state["last_reg"], params["q3"], params["reg_max"])
+        iv = intervals(
+            m, ts, reg, ok, state["last_ts"], state["last_reg"], params["q3"], params["reg_max"]
+        )
         rows = np.flatnonzero(ok)
         last = rows[group_last(m[rows])]
         state["last_ts"][m[last]] = ts[last]
@@ -216,7 +218,7 @@ class Monitor:
             ctx.emit.raise_(
                 "silent", cand, state["last_ts"][cand], when, 1,
                 lambda j: {
-                    "last_reading_at": datetime.fromtimestamp(int(state["last_ts"][cand[j]]), UTC).isoformat(),
+                    "last_reading_at": utc(int(state["last_ts"][cand[j]])).isoformat(),
                     "expected_interval_s": int(params["expected_s"][cand[j]]),
                     "silent_after_h": round(float(params["silent_s"][cand[j]]) / 3600.0, 2),
                 },
@@ -238,7 +240,7 @@ class Monitor:
             else:
                 ctx.emit.raise_(
                     "dma_imbalance", idx, np.array([d.start], np.int64), np.array([d.at], np.int64),
-                    1, lambda j, ev=ev: ev, lambda j, x=d.excess_m3: round(x, 3),
+                    1, _constant(ev), _constant(round(d.excess_m3, 3)),
                 )  # fmt: skip
 
     def _fleet(self, ctx: Context) -> None:
@@ -263,13 +265,21 @@ class Monitor:
                 mh = k[hit]
                 ctx.emit.raise_(
                     "fleet_outlier", mh, state["fo_start"][mh], end[hit], 0,
-                    lambda j: {
-                        "score": round(float(scores[hit[j]]), 4),
-                        **self.fleet.explain(int(group[hit[j]]), prof[hit[j]]),
-                    },
+                    self._fleet_evidence(scores[hit], group[hit], prof[hit]),
                 )  # fmt: skip
             gone = rows[(run == 0) & is_open(state, kk, "fleet_outlier")]
             ctx.emit.clear("fleet_outlier", k[gone], end[gone])
+
+    def _fleet_evidence(
+        self, scores: NDArray[np.float32], group: NDArray[np.int8], prof: NDArray[np.float32]
+    ) -> Callable[[int], dict[str, Any]]:
+        def evidence(j: int) -> dict[str, Any]:
+            return {
+                "score": round(float(scores[j]), 4),
+                **self.fleet.explain(int(group[j]), prof[j]),
+            }
+
+        return evidence
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, *, everything: bool = False) -> dict[str, bytes]:
@@ -317,3 +327,7 @@ def _fleet_model(settings: FleetSettings) -> Any:
     except ImportError:  # the model module is optional while scikit-learn is absent
         return None
     return FleetOutliers(seed=settings.seed)
+
+
+def _constant(value: Any) -> Callable[[int], Any]:
+    return lambda _j: value

@@ -20,11 +20,11 @@ from meterwatch.holidays import DayType
 if TYPE_CHECKING:
     from detectors.bank import Context
 
-FULL_DAY_HOURS = 20
+FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change) is not judged
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
 LEAK_LEARN_DAYS = 3
-LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called  # a day with fewer hours (the meter's first, a clock change) is not judged
+LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called
 # Where a kind of day has no history yet, compare with the nearest kind that has.
 _FALLBACK = {
     DayType.WORKDAY: (DayType.WORKDAY, DayType.WEEKEND),
@@ -32,10 +32,17 @@ _FALLBACK = {
     DayType.HOLIDAY: (DayType.HOLIDAY, DayType.WEEKEND, DayType.WORKDAY),
     DayType.SPRING_FESTIVAL: (DayType.SPRING_FESTIVAL, DayType.HOLIDAY, DayType.WEEKEND),
 }
-_MEMORY_DAYS = {DayType.WORKDAY: 10, DayType.WEEKEND: 4, DayType.HOLIDAY: 3, DayType.SPRING_FESTIVAL: 3}
+_MEMORY_DAYS = {
+    DayType.WORKDAY: 10,
+    DayType.WEEKEND: 4,
+    DayType.HOLIDAY: 3,
+    DayType.SPRING_FESTIVAL: 3,
+}
 
 
-def _baseline(state: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8]) -> NDArray[np.float64]:
+def _baseline(
+    state: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8]
+) -> NDArray[np.float64]:
     out = np.full(idx.size, np.nan)
     for kind, chain in _FALLBACK.items():
         rows = np.flatnonzero(dtype == kind)
@@ -69,8 +76,22 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
     ordinary = dtype < DayType.HOLIDAY
     low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~high
-    _abnormal(ctx, idx, "abnormal_high", "hi", high, np.ones(idx.size, np.bool_), pr["hi_days"][idx], start, end, use, base)
-    _abnormal(ctx, idx, "abnormal_low", "lo", low, ordinary, pr["lo_days"][idx], start, end, use, base)
+    _abnormal(
+        ctx,
+        idx,
+        "abnormal_high",
+        "hi",
+        high,
+        np.ones(idx.size, np.bool_),
+        pr["hi_days"][idx],
+        start,
+        end,
+        use,
+        base,
+    )
+    _abnormal(
+        ctx, idx, "abnormal_low", "lo", low, ordinary, pr["lo_days"][idx], start, end, use, base
+    )
     learn = ~high & ~low & (use > 0)
     _learn_day(st, idx[learn], dtype[learn], use[learn])
     st["days"][idx] = np.minimum(st["days"][idx] + 1, 30000)
@@ -129,7 +150,9 @@ def _hours_above(ctx: Context, k: NDArray[np.intp], start: NDArray[np.int64]) ->
     return out
 
 
-def _learn_day(st: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8], use: NDArray[np.float64]) -> None:
+def _learn_day(
+    st: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8], use: NDArray[np.float64]
+) -> None:
     for kind, memory in _MEMORY_DAYS.items():
         rows = np.flatnonzero(dtype == kind)
         if rows.size == 0:
@@ -200,7 +223,9 @@ def _leak_daily(
     if learn.any():
         kk, x = k[learn], low[learn]
         nn, b, d = n[learn], base[learn], dev[learn]
-        x = np.where(nn >= LEAK_LEARN_DAYS, np.minimum(x, b + 2.0 * np.maximum(d, pr["leak_thr"][kk])), x)
+        x = np.where(
+            nn >= LEAK_LEARN_DAYS, np.minimum(x, b + 2.0 * np.maximum(d, pr["leak_thr"][kk])), x
+        )
         w = 1.0 / np.minimum(nn + 1.0, 7.0)
         nb = np.where(nn == 0, x, b + w * (x - b))
         st["base_dev"][kk] = np.where(nn == 0, 0.0, d + w * (np.abs(x - b) - d))

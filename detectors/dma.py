@@ -109,7 +109,9 @@ class DmaBalance:
                 "normal_loss_m3": round(normal, 3),
                 "excess_m3": round(excess, 3),
                 "excess_share_of_inflow": round(excess / inflow, 4) if inflow > 0 else None,
-                "inlet_min_flow_m3h": None if np.isnan(d.inlet_min_m3h) else round(d.inlet_min_m3h, 3),
+                "inlet_min_flow_m3h": None
+                if np.isnan(d.inlet_min_m3h)
+                else round(d.inlet_min_m3h, 3),
             }
             if excess >= limit:
                 dist.run += 1
@@ -117,15 +119,17 @@ class DmaBalance:
                     dist.run_start = d.end - 86400
                 if dist.run >= s.dma_days:
                     dist.open = True
-                    out.append(Decision(key[0], key[1], dist.run_start, at, False, evidence, excess))
+                    out.append(
+                        Decision(key[0], key[1], dist.run_start, at, False, evidence, excess)
+                    )
                 continue
             dist.run = 0
             if dist.open:
                 dist.open = False
                 out.append(Decision(key[0], key[1], at, at, True, evidence, 0.0))
             # Learn the normal loss slowly from ordinary days (a rolling two weeks).
-            dist.losses = (dist.losses + [loss])[-14:]
-            dist.inflows = (dist.inflows + [d.inlet_m3])[-14:]
+            dist.losses = [*dist.losses, loss][-14:]
+            dist.inflows = [*dist.inflows, d.inlet_m3][-14:]
         return out
 
     def to_bytes(self) -> bytes:

@@ -91,12 +91,15 @@ class Emitter:
 
 def is_open(state: NDArray[np.void], idx: NDArray[np.intp], alert_type: str) -> NDArray[np.bool_]:
     bit = np.uint16(TYPE_BIT[alert_type])
-    return ((state["open_rule"][idx] | state["open_flag"][idx]) & bit) != 0
+    out: NDArray[np.bool_] = ((state["open_rule"][idx] | state["open_flag"][idx]) & bit) != 0
+    return out
 
 
 def rule_open(state: NDArray[np.void], idx: NDArray[np.intp], alert_type: str) -> NDArray[np.bool_]:
-    return (state["open_rule"][idx] & np.uint16(TYPE_BIT[alert_type])) != 0
+    out: NDArray[np.bool_] = (state["open_rule"][idx] & np.uint16(TYPE_BIT[alert_type])) != 0
+    return out
 
 
 def enabled(params: NDArray[np.void], idx: NDArray[np.intp], alert_type: str) -> NDArray[np.bool_]:
-    return (params["enabled"][idx] & np.uint16(TYPE_BIT[alert_type])) != 0
+    out: NDArray[np.bool_] = (params["enabled"][idx] & np.uint16(TYPE_BIT[alert_type])) != 0
+    return out

@@ -10,7 +10,8 @@ Everything is in event time and deterministic. The model that scores day ``D`` o
 on the stored days ``D - history_days .. D - 2`` of that group (``D - 1`` may still be open in
 another timezone when ``D`` closes), with a random state drawn from ``(seed, group, D)``. The stored
 days are a sample chosen by a hash of each row's content, so the same rows give the same sample,
-the same model and the same scores whatever order or chunks they arrived in. Memory is bounded:
+the same model and the same scores whatever order or chunks they arrived in; a cached model is
+dropped when late rows change the sample of a day it was trained on. Memory is bounded:
 at most ``rows_per_day`` rows per group and day, for the last ``history_days + 2`` days.
 """
 

@@ -104,7 +104,9 @@ def _leak(
         k = idx[rows]
         window = pr["leak_window"][k].astype(np.int64)
         hours = (hour[rows, None] - np.arange(24)[None, :]) % 24
-        mins = np.where(np.arange(24)[None, :] < window[:, None], st["ring"][k[:, None], hours], np.inf)
+        mins = np.where(
+            np.arange(24)[None, :] < window[:, None], st["ring"][k[:, None], hours], np.inf
+        )
         rate = np.maximum(mins.min(axis=1) - base[rows], 0.0)
         sev = np.where(
             (rate >= pr["leak_crit"][k]) | (run[rows] >= pr["leak_crit_h"][k]), 2, 1
@@ -131,7 +133,9 @@ def _leak(
             st["leak_rate"][kk] = rr
     # Night flow: the night's quietest hour above the threshold, several nights in a row.
     night = (lh >= pr["night_from"][idx]) & (lh < pr["night_to"][idx]) & ~gap
-    st["night_min"][idx] = np.where(night, np.minimum(st["night_min"][idx], vol), st["night_min"][idx])
+    st["night_min"][idx] = np.where(
+        night, np.minimum(st["night_min"][idx], vol), st["night_min"][idx]
+    )
     closing = np.flatnonzero(lh == pr["night_to"][idx] - 1)
     if closing.size:
         k = idx[closing]
@@ -193,7 +197,9 @@ def _no_consumption(
     st["zero_since"][k] = np.where(st["zero_since"][k] < 0, hour[z] * 3600, st["zero_since"][k])
     st["zero_h"][k] += (dtype[z] < DayType.HOLIDAY).astype(np.int32)
     zh = st["zero_h"][k].astype(np.float64)
-    sev = np.where(zh >= pr["nc_alarm_h"][k], 2, np.where(zh >= pr["nc_h"][k], 1, 0)).astype(np.int8)
+    sev = np.where(zh >= pr["nc_alarm_h"][k], 2, np.where(zh >= pr["nc_h"][k], 1, 0)).astype(
+        np.int8
+    )
     up = np.flatnonzero((sev > st["zero_sev"][k]) & enabled(pr, k, "no_consumption"))
     if up.size:
         kk = k[up]

@@ -6,16 +6,17 @@ instead of a loop, and carries its run across batches in the meter's state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from detectors.emit import Emitter, enabled
+from detectors.params import day_types
 from detectors.registers import REVERSE, Intervals, ffill, group_last, group_starts, runs
 from detectors.state import TYPE_BIT
 from meterwatch.domain import FLAG_BITS
-from detectors.params import day_types
 from meterwatch.holidays import DayType
 
 # The meter's flags and the alert type each one raises. Every known flag maps somewhere.
@@ -69,7 +70,7 @@ def flags(
         if up.size:
             em.raise_(
                 alert_type, m[up], span_start[up], ts[up], 1,
-                lambda k, up=up: _flag_evidence(int(bits[up[k]]), float(battery[up[k]])),
+                _flag_evidence(bits[up], battery[up]),
                 by_flag=True,
             )  # fmt: skip
         if down.size:
@@ -78,11 +79,19 @@ def flags(
     em.state["battery"][m[has_battery][last]] = battery[has_battery][last]
 
 
-def _flag_evidence(bits: int, battery: float) -> dict[str, Any]:
-    ev: dict[str, Any] = {"source": "meter_flag", "flags": [n for b, n in _NAMES if bits & b]}
-    if not np.isnan(battery):
-        ev["battery_pct"] = round(battery, 1)
-    return ev
+def _flag_evidence(
+    bits: NDArray[np.uint8], battery: NDArray[np.float32]
+) -> Callable[[int], dict[str, Any]]:
+    def evidence(k: int) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "source": "meter_flag",
+            "flags": [n for b, n in _NAMES if int(bits[k]) & b],
+        }
+        if not np.isnan(battery[k]):
+            ev["battery_pct"] = round(float(battery[k]), 1)
+        return ev
+
+    return evidence
 
 
 def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
@@ -144,7 +153,8 @@ def _normal_flow(
     if todo.size:
         mt = m[todo]
         how[todo] = np.where(state["how_n"][mt] > 0, state["how"][mt], 0.0).max(axis=1)
-    return how
+    out: NDArray[np.float64] = how
+    return out
 
 
 def reverse(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
@@ -165,7 +175,9 @@ def reverse(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     ok_before = np.empty_like(ok)
     ok_before[1:] = ok[:-1] & back[1:]
     ok_before[first] = (
-        (carry_n[first] >= need_n[first]) & (state["rev_m3"][m[first]] >= need_v[first]) & back[first]
+        (carry_n[first] >= need_n[first])
+        & (state["rev_m3"][m[first]] >= need_v[first])
+        & back[first]
     )
     start_t = np.where(n.carried, state["rev_start"][m], iv.t0[n.start])
     cross = np.flatnonzero(ok & ~ok_before)

@@ -112,7 +112,7 @@ _TYPES = day_type(np.arange(_FIRST_DAY, _FIRST_DAY + 17 * 366))
 
 
 def day_types(day: NDArray[np.integer]) -> NDArray[np.int8]:
-    """``meterwatch.holidays.day_type`` of local day numbers, by table where the calendar reaches."""
+    """``meterwatch.holidays.day_type`` of local day numbers, by table where it reaches."""
     d = np.asarray(day, np.int64)
     pos = d - _FIRST_DAY
     inside = (pos >= 0) & (pos < _TYPES.size)

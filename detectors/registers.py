@@ -38,7 +38,9 @@ def accepted(
     before = np.empty_like(key)
     before[0] = -1
     np.maximum.accumulate(key[:-1], out=before[1:])
-    prior_state = np.where(last_ts[meter] >= 0, meter.astype(np.int64) * _SHIFT + last_ts[meter], -1)
+    prior_state = np.where(
+        last_ts[meter] >= 0, meter.astype(np.int64) * _SHIFT + last_ts[meter], -1
+    )
     first = group_starts(meter)
     before[first] = -1
     return key > np.maximum(before, prior_state)
@@ -75,7 +77,8 @@ def intervals(
     t0[1:], r0[1:] = t1[:-1], r1[:-1]
     t0[first], r0[first] = last_ts[m[first]], last_reg[m[first]]
     has_prev = t0 >= 0
-    rows, m, t0, t1, r0, r1 = (a[has_prev] for a in (rows, m, t0, t1, r0, r1))
+    rows, m, t0, t1 = rows[has_prev], m[has_prev], t0[has_prev], t1[has_prev]
+    r0, r1 = r0[has_prev], r1[has_prev]
     hours = (t1 - t0) / 3600.0
     capacity = q3_m3h[m] * Q4_OVER_Q3 * hours + TOLERANCE_M3
     delta = r1 - r0

@@ -21,9 +21,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
+from ingest.detection import Detection
 from meterwatch.codec import STORAGE_ERROR, Decoded, Rejection, decode_uplink, uplink_filter
 from meterwatch.mqtt import BrokerAddress, make_client, session_args
-from ingest.detection import Detection
 from storage.db import connect
 from storage.writer import BatchResult, Message, Writer
 

@@ -8,6 +8,7 @@ detectors depend on event time and arrival order only (tests compare both paths)
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -51,7 +52,7 @@ def batches(rec: Recording, lut: np.ndarray, block: int = BLOCK_ROWS) -> Iterato
     register = rec.register_m3[keep]
     cuts = starts[:: max(1, block // max(1, int(msg.size // starts.size)))]
     bounds = np.r_[cuts, msg.size]
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    for lo, hi in itertools.pairwise(bounds):
         s = slice(int(lo), int(hi))
         yield Batch(meter[s], ts[s], register[s], battery[s], flags[s], status[s], span[s])
 
