@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
 from api.deps import Pool
-from api.routes import health, meters
+from api.routes import alerts, health, meters
 from meterwatch import __version__
 from meterwatch.settings import Settings
 from storage.db import SESSION_OPTIONS
@@ -84,4 +84,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(health.router)
     app.include_router(meters.router, prefix=API_V1)
+    app.include_router(alerts.router, prefix=API_V1)
     return app

@@ -12,8 +12,17 @@ import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+)
 
+from detectors.alert import ALERT_TYPES, Severity
 from meterwatch.domain import MeterKind
 
 T = TypeVar("T")
@@ -39,6 +48,23 @@ def _as_utc(value: datetime) -> datetime:
 
 Instant = Annotated[datetime, BeforeValidator(_restore_plus), AfterValidator(_as_utc)]
 """A query timestamp: ISO 8601 (an offset is optional; none means UTC) or epoch seconds."""
+
+
+def _known_alert_type(value: str) -> str:
+    if value not in ALERT_TYPES:
+        raise ValueError(f"unknown alert type; expected one of {', '.join(ALERT_TYPES)}")
+    return value
+
+
+AlertType = Annotated[
+    str,
+    AfterValidator(_known_alert_type),
+    WithJsonSchema({"type": "string", "enum": list(ALERT_TYPES)}),
+]
+"""An alert type of ``detectors.alert.ALERT_TYPES``, checked against the tuple itself so the API
+cannot fall behind the detectors."""
+
+AlertStatus = Literal["open", "acknowledged", "resolved"]
 
 
 class _FromRow(BaseModel):
@@ -111,6 +137,30 @@ class UsagePublic(BaseModel):
     reverse_m3: float
     covered_s: float
     buckets: list[UsageBucket]
+
+
+class AlertPublic(_FromRow):
+    """One episode of a condition on a meter; detector repeats update it while it is open."""
+
+    id: int
+    tenant: str
+    meter_id: str
+    dma: str | None
+    type: str = Field(description="one of: " + ", ".join(ALERT_TYPES))
+    severity: Severity = Field(description="the highest severity reported while open")
+    status: AlertStatus
+    started_at: datetime = Field(description="when the condition began (event time)")
+    detected_at: datetime = Field(description="event time of the reading that raised the alert")
+    last_seen_at: datetime = Field(description="event time of the latest report of the condition")
+    resolved_at: datetime | None
+    resolution: str | None = Field(description="why it was resolved; 'cleared' by the detector")
+    evidence: dict[str, JsonValue] = Field(description="the numbers behind the latest report")
+    estimated_loss_m3_per_day: float | None
+    estimated_cost_cny_per_day: float | None = Field(
+        description="the loss at the meter's tariff when the alert was last reported"
+    )
+    occurrences: int = Field(description="reports of the condition while the alert was open")
+    message: dict[str, str] = Field(description="text for people, by language (zh, en)")
 
 
 class HealthPublic(BaseModel):

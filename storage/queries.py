@@ -1,4 +1,4 @@
-"""Reads behind the API: the meter registry, raw readings and the usage rollups.
+"""Reads behind the API: the meter registry, raw readings, the usage rollups and alerts.
 
 Every statement here is the same SQL on both storage flavours. ``usage_hourly`` and
 ``usage_daily`` are tables kept by the writer on plain PostgreSQL and continuous aggregates on
@@ -22,6 +22,12 @@ METER_COLUMNS = sql.SQL(
     """m.meter_id, m.tenant, m.dma, m.kind, m.dn_mm, m.q3_m3h, m.timezone, m.install_date,
        m.register_max_m3, m.tariff_cny_per_m3::float8 AS tariff_cny_per_m3, m.parent_meter_id,
        m.closed_hours, m.expected_interval_s, m.auto_registered"""
+)
+
+ALERT_COLUMNS = sql.SQL(
+    """id, tenant, meter_id, dma, type, severity, status, started_at, detected_at, last_seen_at,
+       resolved_at, resolution, evidence, estimated_loss_m3_per_day, estimated_cost_cny_per_day,
+       occurrences, message"""
 )
 
 # The newest reading of each meter is one backward step on the (meter_id, ts) primary key, so a
@@ -83,6 +89,27 @@ class MeterRow:
     expected_interval_s: int
     auto_registered: bool
     last_reading_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    id: int
+    tenant: str
+    meter_id: str
+    dma: str | None
+    type: str
+    severity: str
+    status: str
+    started_at: datetime
+    detected_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+    resolution: str | None
+    evidence: Any
+    estimated_loss_m3_per_day: float | None
+    estimated_cost_cny_per_day: float | None
+    occurrences: int
+    message: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,3 +238,93 @@ async def usage(
     async with conn.cursor(row_factory=class_row(UsageRow)) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+def _alert_filters(
+    *,
+    tenant: str | None,
+    meter_id: str | None,
+    type: str | None,
+    status: str | None,
+    severity: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[sql.Composable, dict[str, object]]:
+    """WHERE clause with only the filters given (so the inbox index serves the common ones)."""
+    equal = {
+        col: value
+        for col, value in (
+            ("tenant", tenant),
+            ("meter_id", meter_id),
+            ("type", type),
+            ("status", status),
+            ("severity", severity),
+        )
+        if value is not None
+    }
+    conds: list[sql.Composable] = [
+        sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in equal
+    ]
+    params: dict[str, object] = dict(equal)
+    if since is not None:
+        conds.append(sql.SQL("detected_at >= %(since)s"))
+        params["since"] = since
+    if until is not None:
+        conds.append(sql.SQL("detected_at < %(until)s"))
+        params["until"] = until
+    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
+    return where, params
+
+
+async def list_alerts(
+    conn: AsyncConnection[Any],
+    *,
+    tenant: str | None = None,
+    meter_id: str | None = None,
+    type: str | None = None,
+    status: str | None = None,
+    severity: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[AlertRow]:
+    """Alerts detected in ``[since, until)``, newest first (id breaks ties, so pages are stable)."""
+    where, params = _alert_filters(
+        tenant=tenant, meter_id=meter_id, type=type, status=status, severity=severity,
+        since=since, until=until,
+    )  # fmt: skip
+    query = sql.SQL(
+        """SELECT {cols} FROM alerts {where}
+           ORDER BY detected_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s"""
+    ).format(cols=ALERT_COLUMNS, where=where)
+    async with conn.cursor(row_factory=class_row(AlertRow)) as cur:
+        await cur.execute(query, {**params, "limit": limit, "offset": offset})
+        return await cur.fetchall()
+
+
+async def count_alerts(
+    conn: AsyncConnection[Any],
+    *,
+    tenant: str | None = None,
+    meter_id: str | None = None,
+    type: str | None = None,
+    status: str | None = None,
+    severity: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    where, params = _alert_filters(
+        tenant=tenant, meter_id=meter_id, type=type, status=status, severity=severity,
+        since=since, until=until,
+    )  # fmt: skip
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM alerts {}").format(where), params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def get_alert(conn: AsyncConnection[Any], alert_id: int) -> AlertRow | None:
+    query = sql.SQL("SELECT {cols} FROM alerts WHERE id = %s").format(cols=ALERT_COLUMNS)
+    async with conn.cursor(row_factory=class_row(AlertRow)) as cur:
+        await cur.execute(query, (alert_id,))
+        return await cur.fetchone()

@@ -25,7 +25,10 @@ from storage.migrate import migrate
 RUN_ID = uuid.uuid4().hex[:8]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
-SERIES_TABLES = ("readings", "consumption", "usage_hourly", "usage_daily", "dead_letters")
+SERIES_TABLES = (
+    "readings", "consumption", "usage_hourly", "usage_daily", "dead_letters",
+    "alerts", "detector_state", "detector_meta",
+)  # fmt: skip
 
 
 def _with_db(url: str, dbname: str) -> str:

@@ -593,4 +593,6 @@ def test_openapi_lists_the_endpoints(client: TestClient) -> None:
         "/api/v1/meters/{meter_id}",
         "/api/v1/meters/{meter_id}/readings",
         "/api/v1/meters/{meter_id}/usage",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{alert_id}",
     }

@@ -1,0 +1,339 @@
+"""The alert store and the detectors' checkpoints.
+
+Detectors emit a stream per (meter, type): alerts with ``cleared=False`` while a condition holds
+and one with ``cleared=True`` when it is over. :func:`apply_alerts` turns that stream into one row
+per episode: the first alert opens a row, repeats update it, a clear resolves it. Every function
+runs inside the caller's transaction and leaves the commit to the caller, so alerts and detector
+state can be committed together with the readings that produced them.
+
+A batch can hold thousands of alerts (every meter of a fleet going silent at once), so nothing here
+costs a round trip per alert. Consecutive repeats of a key are merged in Python first; merging is
+associative (max severity, earliest start, latest sighting, newest evidence, summed occurrences),
+so the merged repeat has the same effect as applying them one by one. What remains alternates
+between raise and clear per key; the n-th operations of all keys form round n, one set-based
+statement per kind, and the rounds go out in order in one pipeline. Keys are independent, so only
+each key's own order has to be kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from detectors.alert import SEVERITY_RANK, Alert, Severity
+
+COPY_MIN = 500  # from this many states on, a binary COPY beats one statement with arrays
+
+RANK = "array_position(ARRAY['info', 'warning', 'critical']::text[], {})"
+
+# An upsert on the open-alert index: it opens a row when none is open and merges into the open one
+# otherwise, also when another session opened it concurrently.
+RAISE = f"""
+INSERT INTO alerts AS a (tenant, meter_id, dma, type, severity, started_at, detected_at,
+    last_seen_at, evidence, estimated_loss_m3_per_day, estimated_cost_cny_per_day, occurrences)
+SELECT coalesce(m.tenant, 'unassigned'), x.meter_id, m.dma, x.type, x.severity, x.started_at,
+       x.detected_at, x.last_seen_at, x.evidence, x.loss, x.loss * m.tariff_cny_per_m3::float8,
+       x.occurrences
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+            %b::timestamptz[], %b::jsonb[], %b::float8[], %b::integer[]) WITH ORDINALITY
+     AS x(meter_id, type, severity, started_at, detected_at, last_seen_at, evidence, loss,
+          occurrences, n)
+LEFT JOIN meters m ON m.meter_id = x.meter_id
+ORDER BY x.n
+ON CONFLICT (meter_id, type) WHERE status <> 'resolved' DO UPDATE SET
+    severity = CASE WHEN {RANK.format("EXCLUDED.severity")} > {RANK.format("a.severity")}
+                    THEN EXCLUDED.severity ELSE a.severity END,
+    started_at = least(a.started_at, EXCLUDED.started_at),
+    last_seen_at = greatest(a.last_seen_at, EXCLUDED.last_seen_at),
+    evidence = EXCLUDED.evidence,
+    estimated_loss_m3_per_day = EXCLUDED.estimated_loss_m3_per_day,
+    estimated_cost_cny_per_day = EXCLUDED.estimated_cost_cny_per_day,
+    occurrences = a.occurrences + EXCLUDED.occurrences,
+    updated_at = now()
+RETURNING a.id, a.meter_id, a.type, a.occurrences
+"""
+
+CLEAR = """
+UPDATE alerts AS a
+SET status = 'resolved', resolved_at = c.detected_at, resolution = 'cleared', updated_at = now()
+FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS c(meter_id, type, detected_at)
+WHERE a.meter_id = c.meter_id AND a.type = c.type AND a.status <> 'resolved'
+RETURNING a.id
+"""
+
+ON_STATE_CONFLICT = """
+ON CONFLICT (meter_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"""
+SAVE_STATES = f"""
+INSERT INTO detector_state (meter_id, state)
+SELECT * FROM unnest(%b::text[], %b::bytea[]) {ON_STATE_CONFLICT}"""
+# Emptying the stage in the same statement lets one transaction save states more than once.
+SAVE_STAGED_STATES = f"""
+WITH staged AS (DELETE FROM mw_stage_detector_state RETURNING meter_id, state)
+INSERT INTO detector_state (meter_id, state) SELECT meter_id, state FROM staged
+{ON_STATE_CONFLICT}"""
+
+ALERT_COLUMNS = """id, tenant, meter_id, dma, type, severity, status, started_at, detected_at,
+    last_seen_at, resolved_at, resolution, evidence, estimated_loss_m3_per_day,
+    estimated_cost_cny_per_day, occurrences"""
+
+
+@dataclass(slots=True)
+class AlertChanges:
+    """What one :func:`apply_alerts` call did, counted per alert of the list.
+
+    A raise either ``opened`` a row or ``updated`` the open one; a clear either ``resolved`` a row
+    or found none open (and counts nowhere). ``ids`` are the rows touched, each once, so a caller
+    can notify about them after it commits.
+    """
+
+    opened: int = 0
+    updated: int = 0
+    resolved: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    id: int
+    tenant: str
+    meter_id: str
+    dma: str | None
+    type: str
+    severity: str
+    status: str
+    started_at: datetime
+    detected_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+    resolution: str | None
+    evidence: dict[str, Any]
+    estimated_loss_m3_per_day: float | None
+    estimated_cost_cny_per_day: float | None
+    occurrences: int
+
+
+@dataclass(slots=True)
+class _Raise:
+    """Consecutive raises of one key, merged as applying them in order would merge them."""
+
+    severity: Severity
+    started_at: datetime
+    detected_at: datetime
+    last_seen_at: datetime
+    evidence: Mapping[str, Any]
+    loss: float | None
+    occurrences: int = 1
+
+    def absorb(self, a: Alert) -> None:
+        if SEVERITY_RANK[a.severity] > SEVERITY_RANK[self.severity]:
+            self.severity = a.severity
+        self.started_at = min(self.started_at, a.started_at)
+        self.last_seen_at = max(self.last_seen_at, a.detected_at)
+        self.evidence = a.evidence
+        self.loss = a.estimated_loss_m3_per_day
+        self.occurrences += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Clear:
+    detected_at: datetime
+
+
+Key = tuple[str, str]
+
+
+def _plan(alerts: Sequence[Alert]) -> dict[Key, list[_Raise | _Clear]]:
+    """Each key's operations, alternating raise and clear; a clear after a clear does nothing."""
+    plan: dict[Key, list[_Raise | _Clear]] = {}
+    for a in alerts:
+        ops = plan.setdefault((a.meter_id, a.type), [])
+        last = ops[-1] if ops else None
+        if a.cleared:
+            if not isinstance(last, _Clear):
+                ops.append(_Clear(a.detected_at))
+        elif isinstance(last, _Raise):
+            last.absorb(a)
+        else:
+            ops.append(
+                _Raise(
+                    Severity(a.severity),
+                    a.started_at,
+                    a.detected_at,
+                    a.detected_at,
+                    a.evidence,
+                    a.estimated_loss_m3_per_day,
+                )
+            )
+    return plan
+
+
+def _json(obj: Any) -> bytes:
+    """orjson takes the numpy numbers detectors compute with and writes NaN as null, which jsonb
+    accepts (``json.dumps`` would write ``NaN`` and the whole batch would fail)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@contextmanager
+def _atomic(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """The caller's transaction when there is one; a transaction of our own on an idle autocommit
+    connection, where each statement would otherwise commit alone (and a staged COPY be lost)."""
+    own = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+    with conn.transaction() if own else nullcontext():
+        yield
+
+
+Round = tuple[dict[Key, _Clear], dict[Key, _Raise]]
+
+
+def _rounds(plan: Mapping[Key, Sequence[_Raise | _Clear]]) -> list[Round]:
+    """The n-th operation of every key, by n: each round touches a key at most once."""
+    rounds: list[Round] = []
+    for key, ops in plan.items():
+        for n, op in enumerate(ops):
+            if n == len(rounds):
+                rounds.append(({}, {}))
+            if isinstance(op, _Clear):
+                rounds[n][0][key] = op
+            else:
+                rounds[n][1][key] = op
+    return rounds
+
+
+def apply_alerts(conn: psycopg.Connection[Any], alerts: Sequence[Alert]) -> AlertChanges:
+    """Open, update and resolve alert rows as the list says, in list order per (meter, type)."""
+    submitted: list[tuple[psycopg.Cursor[Any], dict[Key, _Raise] | None]] = []
+    with _atomic(conn), conn.pipeline():
+        for clears, raises in _rounds(_plan(alerts)):
+            if clears:
+                cur = conn.cursor()
+                cur.execute(
+                    CLEAR,
+                    (
+                        [k[0] for k in clears],
+                        [k[1] for k in clears],
+                        [c.detected_at for c in clears.values()],
+                    ),
+                )
+                submitted.append((cur, None))
+            if raises:
+                r = list(raises.values())
+                cur = conn.cursor()
+                cur.execute(
+                    RAISE,
+                    (
+                        [k[0] for k in raises],
+                        [k[1] for k in raises],
+                        [str(x.severity) for x in r],
+                        [x.started_at for x in r],
+                        [x.detected_at for x in r],
+                        [x.last_seen_at for x in r],
+                        [Jsonb(dict(x.evidence), _json) for x in r],
+                        [x.loss for x in r],
+                        [x.occurrences for x in r],
+                    ),
+                )
+                submitted.append((cur, raises))
+    # The pipeline has been synced: every result is in, none of these fetches waits.
+    changes = AlertChanges()
+    seen: set[int] = set()
+    for cur, raised in submitted:
+        for row in cur.fetchall():
+            if raised is None:
+                changes.resolved += 1
+            else:
+                k = raised[(row[1], row[2])].occurrences
+                if row[3] == k:  # a row that was open before holds its own occurrences too
+                    changes.opened += 1
+                    changes.updated += k - 1
+                else:
+                    changes.updated += k
+            if row[0] not in seen:
+                seen.add(row[0])
+                changes.ids.append(row[0])
+        cur.close()
+    return changes
+
+
+def save_states(conn: psycopg.Connection[Any], states: Mapping[str, bytes]) -> None:
+    """Insert or replace per-meter detector checkpoints."""
+    if not states:
+        return
+    if len(states) < COPY_MIN:
+        conn.execute(SAVE_STATES, (list(states), list(states.values())))
+        return
+    with _atomic(conn):
+        conn.execute(
+            """CREATE TEMP TABLE IF NOT EXISTS mw_stage_detector_state
+               (meter_id text NOT NULL, state bytea NOT NULL) ON COMMIT DELETE ROWS"""
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY mw_stage_detector_state FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(("text", "bytea"))
+            for row in states.items():
+                copy.write_row(row)
+        conn.execute(SAVE_STAGED_STATES)
+
+
+def load_states(
+    conn: psycopg.Connection[Any], meter_ids: Sequence[str] | None = None
+) -> dict[str, bytes]:
+    """Checkpoints of ``meter_ids`` that have one (all meters' when None)."""
+    with conn.cursor(binary=True) as cur:
+        if meter_ids is None:
+            cur.execute("SELECT meter_id, state FROM detector_state")
+        else:
+            cur.execute(
+                "SELECT meter_id, state FROM detector_state WHERE meter_id = ANY(%b::text[])",
+                (list(meter_ids),),
+            )
+        return {m: bytes(s) for m, s in cur}
+
+
+def save_meta(conn: psycopg.Connection[Any], key: str, value: bytes) -> None:
+    conn.execute(
+        """INSERT INTO detector_meta (key, value) VALUES (%s, %s)
+           ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
+        (key, value),
+    )
+
+
+def load_meta(conn: psycopg.Connection[Any], key: str) -> bytes | None:
+    row = conn.execute("SELECT value FROM detector_meta WHERE key = %s", (key,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def read_alerts(
+    conn: psycopg.Connection[Any],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Sequence[str] | None = None,
+) -> list[StoredAlert]:
+    """Alerts detected in ``[since, until)`` of the given types, oldest first, for scoring."""
+    with conn.cursor(row_factory=class_row(StoredAlert)) as cur:
+        cur.execute(
+            f"""SELECT {ALERT_COLUMNS} FROM alerts
+                WHERE (%(since)s::timestamptz IS NULL OR detected_at >= %(since)s)
+                  AND (%(until)s::timestamptz IS NULL OR detected_at < %(until)s)
+                  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+                ORDER BY detected_at, id""",
+            {"since": since, "until": until, "types": None if types is None else list(types)},
+        )
+        return cur.fetchall()
+
+
+def count_by_type(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Alert rows (episodes, whatever their status) per type."""
+    rows = conn.execute("SELECT type, count(*) FROM alerts GROUP BY type ORDER BY type").fetchall()
+    return {t: int(n) for t, n in rows}
