@@ -57,8 +57,10 @@ class Thresholds:
 
     low_battery: battery below ``battery_low_pct`` or the meter's flag.
 
-    silent: no reading for ``silent_factor`` x the expected upload interval (at least
-    ``silent_min_h``), judged against the fleet's event-time watermark.
+    silent: no upload for ``silent_factor`` x the expected upload interval (at least
+    ``silent_min_h``), judged against the fleet's event-time watermark. A meter that uploads a
+    day of values at once (interval of 6 h or more) sends readings up to one interval old, so its
+    newest reading may be one interval older than its last upload; that interval is added.
 
     fleet_outlier: the day's profile is an outlier among meters of the same kind for
     ``fleet_outlier_days`` days in a row.
@@ -89,7 +91,7 @@ class Thresholds:
     battery_low_pct: float = 10.0
     silent_factor: float = 2.0
     silent_min_h: float = 4.0
-    fleet_outlier_days: int = 2
+    fleet_outlier_days: int = 3
     disabled: frozenset[str] = field(default_factory=frozenset)
 
     def enabled(self, alert_type: str) -> bool:
@@ -100,7 +102,9 @@ class Thresholds:
 
 
 _FIELDS = {f.name: f for f in fields(Thresholds)}
-_BULK_ONLY = frozenset({"reverse_flow", "tamper", "low_battery", "silent", "meter_alarm"})
+_BULK_ONLY = frozenset(
+    {"reverse_flow", "tamper", "low_battery", "silent", "meter_alarm", "dma_imbalance"}
+)
 # Kind defaults: offices, shops and plants rarely stop completely, so their normal minimum flow
 # is learned; a DMA inlet always flows and is judged by the DMA balance, not as a customer.
 KIND_DEFAULTS: dict[MeterKind, dict[str, Any]] = {

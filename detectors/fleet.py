@@ -82,7 +82,7 @@ class FleetOutliers:
         rows_per_day: int = 2000,
         min_rows: int = 500,
         n_estimators: int = 50,
-        threshold: float = -0.60,
+        threshold: float = -0.62,
     ) -> None:
         if history_days < 2 or rows_per_day < 1 or min_rows < 1 or n_estimators < 1:
             raise ValueError(

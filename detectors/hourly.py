@@ -94,7 +94,8 @@ def _leak(
     on = enabled(pr, idx, "leak") & ~pr["leak_learn"][idx]
     above = on & (vol >= thr - EPS_M3)
     run = np.where(gap, st["leak_run"][idx], np.where(above, st["leak_run"][idx] + 1, 0))
-    st["leak_run"][idx] = run
+    # Learned-baseline meters count days in leak_run (detectors.daily), not hours.
+    st["leak_run"][idx] = np.where(pr["leak_learn"][idx], st["leak_run"][idx], run)
     opened = rule_open(st, idx, "leak")
     end = (hour + 1) * 3600
     # Continuous flow: a full window without a quiet hour.
@@ -140,7 +141,7 @@ def _leak(
     if closing.size:
         k = idx[closing]
         nm = st["night_min"][k].astype(np.float64)
-        good = on[closing] & (nm >= thr[closing] - EPS_M3)
+        good = on[closing] & np.isfinite(nm) & (nm >= thr[closing] - EPS_M3)
         nights = np.where(good, st["night_run"][k] + 1, 0)
         st["night_run"][k] = nights
         st["night_min"][k] = np.inf

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from detectors.emit import Emitter, enabled
 from detectors.params import day_types
-from detectors.registers import REVERSE, Intervals, ffill, group_last, group_starts, runs
+from detectors.registers import GAP_S, REVERSE, Intervals, ffill, group_last, group_starts, runs
 from detectors.state import TYPE_BIT
 from meterwatch.domain import FLAG_BITS
 from meterwatch.holidays import DayType
@@ -108,6 +108,9 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     excess = flow - normal
     short = dt <= need
     high = np.where(short, excess >= q, excess * dt / 3600.0 >= q * need / 3600.0)
+    # Not judged: an interval spanning a gap (when did the water flow?) and a meter's first day
+    # (its normal flow is not known yet; a plant's normal flow may exceed 30% of Q3).
+    high &= (dt <= GAP_S) & (state["days"][m] >= 1)
     high &= enabled(params, m, "burst")
     first = group_starts(iv.meter)
     carry_s = state["burst_s"][m].astype(np.float64)

@@ -17,6 +17,7 @@ from detectors.state import TYPE_BIT
 from meterwatch.domain import Meter, MeterKind
 from meterwatch.holidays import day_type
 
+BATCH_UPLOAD_S = 6 * 3600  # meters uploading this rarely send many readings per upload
 KIND_CODE = {kind: i for i, kind in enumerate(MeterKind)}
 
 PARAM_DTYPE = np.dtype(
@@ -100,7 +101,9 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["rev_m3"] = t.reverse_min_l / 1000.0
     r["rev_n"] = t.reverse_min_intervals
     r["bat_low"] = t.battery_low_pct
-    r["silent_s"] = round(max(t.silent_factor * meter.expected_interval_s, t.silent_min_h * 3600))
+    interval = meter.expected_interval_s
+    batched = interval if interval >= BATCH_UPLOAD_S else 0
+    r["silent_s"] = round(max(t.silent_factor * interval + batched, t.silent_min_h * 3600))
     r["fo_days"] = t.fleet_outlier_days
     return r
 
