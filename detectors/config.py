@@ -70,7 +70,7 @@ class Thresholds:
     leak_q3_share: float = 0.0
     leak_window_h: int = 24
     leak_learn_baseline: bool = False
-    leak_baseline_margin: float = 1.0
+    leak_baseline_margin: float = 1.5
     leak_night_from_h: int = 1
     leak_night_to_h: int = 5
     leak_night_nights: int = 3

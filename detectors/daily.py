@@ -24,6 +24,7 @@ FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
 LEAK_LEARN_DAYS = 3
+LEAK_EXPLAINED = 2.0  # a leak's day excess is about its rate x 24 h; much more is more use
 LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called
 # Where a kind of day has no history yet, compare with the nearest kind that has.
 _FALLBACK = {
@@ -68,8 +69,8 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     start = lday * 86400 - pr["off_s"][idx]
     end = start + 86400
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)
-    _leak_daily(ctx, idx, lday, dtype, start, end)
     base = _baseline(st, idx, dtype)
+    _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf))
     warm = (st["days"][idx] >= pr["warmup"][idx]) & ~np.isnan(base)
     leak = np.where(rule_open(st, idx, "leak"), st["leak_rate"][idx] * 24.0, 0.0)
     use = np.maximum(vol - leak, 0.0)
@@ -167,14 +168,19 @@ def _learn_day(
 
 def _leak_daily(
     ctx: Context, idx: NDArray[np.intp], lday: NDArray[np.int64], dtype: NDArray[np.int8],
-    start: NDArray[np.int64], end: NDArray[np.int64],
+    start: NDArray[np.int64], end: NDArray[np.int64], excess: NDArray[np.float64],
 ) -> None:  # fmt: skip
     """Leaks on meters that never stop: the day's low flow (mean of its 4 quietest hours) against
     the meter's normal low flow, learned from ordinary workdays. A leak adds the same flow to every
     hour, so it lifts the quiet hours by its rate; busy hours only add noise, so they are left out.
+    Only workdays are judged (a shop's Sunday nights are not its Tuesday nights), and the day's
+    extra volume must look like a constant flow: when every hour grew in proportion, the customer
+    is using more (``abnormal_high``), not leaking.
     """
     st, pr = ctx.state, ctx.params
-    rows = np.flatnonzero(pr["leak_learn"][idx] & (st["day_gaps"][idx] < LOW_HOURS))
+    rows = np.flatnonzero(
+        pr["leak_learn"][idx] & (st["day_gaps"][idx] < LOW_HOURS) & (dtype == DayType.WORKDAY)
+    )
     if rows.size == 0:
         return
     k = idx[rows]
@@ -187,7 +193,8 @@ def _leak_daily(
     margin = np.maximum.reduce([pr["leak_thr"][k], LEAK_DEVS * dev, pr["leak_margin"][k] * base])
     ready = n >= LEAK_LEARN_DAYS
     opened = rule_open(st, k, "leak")
-    above = ready & (low >= base + margin) & enabled(pr, k, "leak")
+    constant = excess[rows] <= LEAK_EXPLAINED * np.maximum(low - base, 0.0) * 24.0
+    above = ready & (low >= base + margin) & constant & enabled(pr, k, "leak")
     days = np.where(above, st["leak_run"][k] + 1, 0)
     st["leak_run"][k] = days
     hit = above & (days >= LEAK_DAYS)
