@@ -56,6 +56,7 @@ def hour_step(
         st["day_min"][k] = np.inf
         st["day_hours"][k] = 0
         st["day_gaps"][k] = 0
+        st["day_norm"][k] = 0.0
     st["ring"][idx, hour % 24] = vol
     st["day_vol"][idx] += vol
     st["day_min"][idx] = np.minimum(st["day_min"][idx], vol)
@@ -76,6 +77,7 @@ def _hour_of_week(
     slot = weekday * 24 + lh
     n = st["how_n"][idx, slot].astype(np.float64)
     old = st["how"][idx, slot].astype(np.float64)
+    st["day_norm"][idx] += np.where(n > 0, old, vol)
     x = np.where(n >= 2, np.minimum(vol, 4.0 * old + 0.05), vol)
     st["how"][idx, slot] = old + (x - old) / np.minimum(n + 1.0, 4.0)
     st["how_n"][idx, slot] = np.minimum(n + 1, 255).astype(np.uint8)

@@ -30,6 +30,7 @@ FLAG_TYPES: tuple[tuple[str, int], ...] = (
 )
 _NAMES = sorted((bit, name) for name, bit in FLAG_BITS.items())
 BATTERY_HYSTERESIS_PCT = 5.0
+DAY_LEVEL_HOURS = 3  # closed hours of the day before its level counts
 
 
 def flags(
@@ -104,7 +105,7 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     q = params["burst_q"][m].astype(np.float64)
     need = params["burst_s"][m].astype(np.float64)
     flow = iv.volume / dt * 3600.0
-    normal = _normal_flow(state, params, m, iv.t1)
+    normal = _normal_flow(state, params, m, iv.t1) * _day_level(state, m)
     excess = flow - normal
     short = dt <= need
     high = np.where(short, excess >= q, excess * dt / 3600.0 >= q * need / 3600.0)
@@ -139,6 +140,19 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     state["burst_s"][lm] = np.minimum(r.total[last], 2**31 - 1).astype(np.int32)
     state["burst_m3"][lm] = vol[last]
     state["burst_start"][lm] = np.where(high[last], start_t[last], -1)
+
+
+def _day_level(state: NDArray[np.void], m: NDArray[np.intp]) -> NDArray[np.float64]:
+    """How busy the meter's day has been so far against a normal day (1 = normal, up to 8).
+
+    A burst stands out from the day it happens in: a shop three times as busy as usual all day
+    (a sale, ``abnormal_high``) has three times the usual flow in every hour, not a burst.
+    """
+    vol = state["day_vol"][m].astype(np.float64)
+    norm = state["day_norm"][m].astype(np.float64)
+    known = (state["day_hours"][m] >= DAY_LEVEL_HOURS) & (norm > 1e-6)
+    ratio = np.divide(vol, norm, out=np.ones_like(vol), where=known)
+    return np.clip(ratio, 1.0, 8.0)
 
 
 def _normal_flow(

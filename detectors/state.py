@@ -40,7 +40,8 @@ STATE_DTYPE = np.dtype(
         ("day_vol", np.float32),
         ("day_min", np.float32),
         ("day_hours", np.int16),
-        ("day_gaps", np.int16),  # hours of the day filled in from a long gap between readings
+        ("day_gaps", np.int16),
+        ("day_norm", np.float32),  # what the day's closed hours use on a normal day (hour of week)  # hours of the day filled in from a long gap between readings
         ("days", np.int16),  # complete local days seen (capped)
         ("day_base", np.float32, DAY_TYPES),
         ("day_n", np.int16, DAY_TYPES),
