@@ -81,7 +81,7 @@ class Thresholds:
     abnormal_high_factor: float = 2.0
     abnormal_high_min_m3: float = 0.15
     abnormal_low_factor: float = 0.25
-    abnormal_days: int = 2
+    abnormal_days: int = 3
     abnormal_low_days: int = 3
     abnormal_warmup_days: int = 7
     no_consumption_days: float = 7.0

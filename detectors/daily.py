@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from detectors.emit import enabled, rule_open
+from detectors.emit import enabled, is_open, rule_open
 from detectors.params import day_types
 from meterwatch.holidays import DayType
 
@@ -24,6 +24,8 @@ FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
 LEAK_LEARN_DAYS = 3
+SUSTAINED = 1.5  # every day of an abnormal_high window is at least this times its baseline
+WINDOW = 7  # days of use kept for the abnormal_high window (abnormal_days <= 7)
 LEAK_EXPLAINED = 2.0  # a leak's day excess is about its rate x 24 h; much more is more use
 LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called
 # Where a kind of day has no history yet, compare with the nearest kind that has.
@@ -72,28 +74,23 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     base = _baseline(st, idx, dtype)
     _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf))
     warm = (st["days"][idx] >= pr["warmup"][idx]) & ~np.isnan(base)
-    leak = np.where(rule_open(st, idx, "leak"), st["leak_rate"][idx] * 24.0, 0.0)
-    use = np.maximum(vol - leak, 0.0)
-    high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
-    ordinary = dtype < DayType.HOLIDAY
-    low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~high
-    _abnormal(
-        ctx,
-        idx,
-        "abnormal_high",
-        "hi",
-        high,
-        np.ones(idx.size, np.bool_),
-        pr["hi_days"][idx],
-        start,
-        end,
-        use,
-        base,
+    # Water a constant flow explains (a leak, known or not yet) is not "more use": homes drop
+    # their quietest hour times 24, meters with a learned minimum their open leak's estimate.
+    floor = np.where(
+        pr["leak_learn"][idx],
+        np.where(is_open(st, idx, "leak"), st["leak_rate"][idx], 0.0),
+        st["day_min"][idx],
     )
+    use = np.maximum(vol - np.maximum(floor, 0.0) * 24.0, 0.0)
+    day_high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
+    high = _window_high(st, pr, idx, use, np.where(warm, base, np.nan))
+    _abnormal_high(ctx, idx, high, day_high, start, end, use, base)
+    ordinary = dtype < DayType.HOLIDAY
+    low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
     _abnormal(
         ctx, idx, "abnormal_low", "lo", low, ordinary, pr["lo_days"][idx], start, end, use, base
     )
-    learn = ~high & ~low & (use > 0)
+    learn = ~day_high & ~high & ~low & (use > 0) & ~is_open(st, idx, "abnormal_high")
     _learn_day(st, idx[learn], dtype[learn], use[learn])
     st["days"][idx] = np.minimum(st["days"][idx] + 1, 30000)
     if ctx.fleet is not None:
@@ -102,6 +99,65 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
             k = idx[fo]
             hours = (start[fo] // 3600)[:, None] + np.arange(24)[None, :]
             ctx.fleet_days.append((k, lday[fo], st["ring"][k[:, None], hours % 24].copy(), end[fo]))
+
+
+def _window_high(
+    st: NDArray[np.void], pr: NDArray[np.void], idx: NDArray[np.intp], use: NDArray[np.float64],
+    base: NDArray[np.float64],
+) -> NDArray[np.bool_]:  # fmt: skip
+    """The last ``hi_days`` days together used ``hi_factor`` times their baselines: one noisy day
+    in a small home is common, several in a row at that level are not."""
+    slot = st["days"][idx].astype(np.int64) % WINDOW
+    st["use_ring"][idx, slot] = use
+    st["base_ring"][idx, slot] = base
+    n = np.minimum(pr["hi_days"][idx].astype(np.int64), WINDOW)
+    back = np.arange(WINDOW)[None, :]
+    cols = (slot[:, None] - back) % WINDOW
+    inside = back < n[:, None]
+    enough = st["days"][idx] >= n  # the ring holds n days of this meter
+    uses = st["use_ring"][idx[:, None], cols].astype(np.float64)
+    bases = st["base_ring"][idx[:, None], cols].astype(np.float64)
+    u = np.where(inside, uses, 0.0).sum(axis=1)
+    b = np.where(inside, bases, 0.0).sum(axis=1)
+    factor = pr["hi_factor"][idx].astype(np.float64)
+    least = pr["hi_min"][idx].astype(np.float64)
+    # Sustained: each day well above its baseline, not one huge day (a burst, a party).
+    each = np.where(inside, uses >= SUSTAINED * bases + least[:, None], True).all(axis=1)
+    out: NDArray[np.bool_] = enough & ~np.isnan(b) & each & (u >= factor * b + least * n)
+    return out
+
+
+def _abnormal_high(
+    ctx: Context, idx: NDArray[np.intp], high: NDArray[np.bool_], day_high: NDArray[np.bool_],
+    start: NDArray[np.int64], end: NDArray[np.int64], use: NDArray[np.float64],
+    base: NDArray[np.float64],
+) -> None:  # fmt: skip
+    """Raise when the window is high, repeat daily while days stay high, clear on a normal day."""
+    st, pr = ctx.state, ctx.params
+    opened = is_open(st, idx, "abnormal_high")
+    n = pr["hi_days"][idx].astype(np.int64)
+    raise_ = (high & ~opened) | (opened & day_high)
+    raise_ &= enabled(pr, idx, "abnormal_high")
+    st["hi_start"][idx] = np.where(high & ~opened, start - (n - 1) * 86400, st["hi_start"][idx])
+    st["hi_run"][idx] = np.where(raise_, np.minimum(st["hi_run"][idx] + 1, 100), 0)
+    r = np.flatnonzero(raise_)
+    if r.size:
+        k = idx[r]
+        hours = _hours_above(ctx, k, start[r])
+        ctx.emit.raise_(
+            "abnormal_high", k, st["hi_start"][k], end[r],
+            np.where(st["hi_run"][k] >= 2 * n[r], 2, 1),
+            lambda j: {
+                "day_m3": round(float(use[r[j]]), 3),
+                "baseline_m3": round(float(base[r[j]]), 3),
+                "ratio": round(float(use[r[j]] / base[r[j]]), 2) if base[r[j]] > 0 else None,
+                "days": int(st["hi_run"][k[j]]) + int(n[r[j]]) - 1,
+                "hours_above_normal": hours[j],
+            },
+            lambda j: round(max(float(use[r[j]] - base[r[j]]), 0.0), 3),
+        )  # fmt: skip
+    off = np.flatnonzero(opened & ~day_high & ~high)
+    ctx.emit.clear("abnormal_high", idx[off], end[off])
 
 
 def _abnormal(

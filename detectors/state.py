@@ -41,12 +41,17 @@ STATE_DTYPE = np.dtype(
         ("day_min", np.float32),
         ("day_hours", np.int16),
         ("day_gaps", np.int16),
-        ("day_norm", np.float32),  # what the day's closed hours use on a normal day (hour of week)  # hours of the day filled in from a long gap between readings
+        (
+            "day_norm",
+            np.float32,
+        ),  # what the day's closed hours use on a normal day (hour of week)  # hours of the day filled in from a long gap between readings
         ("days", np.int16),  # complete local days seen (capped)
         ("day_base", np.float32, DAY_TYPES),
         ("day_n", np.int16, DAY_TYPES),
         ("how", np.float32, 168),  # hour-of-week baseline, m3
         ("how_n", np.uint8, 168),
+        ("use_ring", np.float32, 7),  # recent days' use and baselines (abnormal_high window)
+        ("base_ring", np.float32, 7),
         ("hi_run", np.int8),
         ("hi_start", np.int64),
         ("lo_run", np.int8),
