@@ -28,7 +28,7 @@ from detectors.config import FleetSettings, ThresholdBook
 from detectors.dma import DmaBalance
 from detectors.emit import Emitter, enabled, is_open
 from detectors.hourly import hour_step
-from detectors.params import PARAM_DTYPE, record, utc_offset_s
+from detectors.params import BATCH_UPLOAD_S, PARAM_DTYPE, record, utc_offset_s
 from detectors.registers import accepted, group_last, group_starts, hourly, intervals
 from detectors.state import STATE_DTYPE, new_states, pack, unpack
 from meterwatch.domain import Meter, MeterKind, Reading
@@ -72,6 +72,7 @@ class Monitor:
         self.state = new_states(0)
         self.dirty = np.zeros(0, np.bool_)
         self.watermark = -1
+        self.batch_watermark = -1
         self.dma = DmaBalance(self.settings)
         self.fleet = _fleet_model(self.settings)
         self.add_meters(meters)
@@ -149,6 +150,10 @@ class Monitor:
             ctx.emit, params, m[st], ts[st], b.flags[order][st], b.battery[order][st],
             b.span_start[order][st],
         )  # fmt: skip
+        new = ~state["seen"][m] & group_starts(m)
+        state["first_ts"][m[new]] = np.minimum.reduceat(ts, np.flatnonzero(group_starts(m)))[
+            ~state["seen"][m[group_starts(m)]]
+        ]
         ok = accepted(m, ts, state["last_ts"])
         iv = intervals(
             m, ts, reg, ok, state["last_ts"], state["last_reg"], params["q3"], params["reg_max"]
@@ -196,8 +201,8 @@ class Monitor:
         last = group_last(m)
         back = m[last][state["silent_at"][m[last]] >= 0].astype(np.intp)
         if back.size:
-            newest = np.maximum.reduceat(ts, np.flatnonzero(group_starts(m)))
-            at = newest[state["silent_at"][m[last]] >= 0]
+            first_back = ts[group_starts(m)]  # the meter's first message back, in arrival order
+            at = first_back[state["silent_at"][m[last]] >= 0]
             ctx.emit.clear("silent", back, at)
             state["silent_at"][back] = -1
 
@@ -207,9 +212,13 @@ class Monitor:
         if seen.size == 0:
             return
         last = state["last_ts"][seen]
-        k = max(1, (seen.size + 3) // 4)
-        self.watermark = max(self.watermark, int(np.partition(last, seen.size - k)[seen.size - k]))
-        wm = self.watermark
+        self.watermark = max(self.watermark, _quartile_top(last))
+        # Meters that upload a day of values at once are judged against their own kind: their
+        # newest readings always trail live meters' by up to a day.
+        batched = params["expected_s"][seen] >= BATCH_UPLOAD_S
+        if batched.any():
+            self.batch_watermark = max(self.batch_watermark, _quartile_top(last[batched]))
+        wm = np.where(batched, self.batch_watermark, self.watermark)
         due = last + params["silent_s"][seen]
         cand = seen[(due <= wm) & (state["silent_at"][seen] < 0)]
         cand = cand[enabled(params, cand, "silent")]
@@ -226,7 +235,7 @@ class Monitor:
             state["silent_at"][cand] = when
             self.dirty[cand] = True
         self._fleet(ctx)
-        self._dma(ctx, wm)
+        self._dma(ctx, self.watermark)
 
     def _dma(self, ctx: Context, wm: int) -> None:
         for d in self.dma.decide(wm):
@@ -301,7 +310,11 @@ class Monitor:
         return used
 
     def global_state(self) -> dict[str, bytes]:
-        out = {"watermark": str(self.watermark).encode(), "dma": self.dma.to_bytes()}
+        out = {
+            "watermark": str(self.watermark).encode(),
+            "batch_watermark": str(self.batch_watermark).encode(),
+            "dma": self.dma.to_bytes(),
+        }
         if self.fleet is not None:
             out["fleet"] = self.fleet.to_bytes()
         return out
@@ -309,6 +322,8 @@ class Monitor:
     def restore_global(self, data: Mapping[str, bytes]) -> None:
         if "watermark" in data:
             self.watermark = int(data["watermark"].decode())
+        if "batch_watermark" in data:
+            self.batch_watermark = int(data["batch_watermark"].decode())
         if "dma" in data:
             self.dma = DmaBalance.from_bytes(self.settings, data["dma"])
         if "fleet" in data and self.fleet is not None:
@@ -317,6 +332,12 @@ class Monitor:
     @staticmethod
     def state_size() -> int:
         return STATE_DTYPE.itemsize + 2
+
+
+def _quartile_top(last: NDArray[np.int64]) -> int:
+    """The newest time that a quarter of the meters have reached."""
+    k = max(1, (last.size + 3) // 4)
+    return int(np.partition(last, last.size - k)[last.size - k])
 
 
 def _fleet_model(settings: FleetSettings) -> Any:

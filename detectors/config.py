@@ -58,9 +58,8 @@ class Thresholds:
     low_battery: battery below ``battery_low_pct`` or the meter's flag.
 
     silent: no upload for ``silent_factor`` x the expected upload interval (at least
-    ``silent_min_h``), judged against the fleet's event-time watermark. A meter that uploads a
-    day of values at once (interval of 6 h or more) sends readings up to one interval old, so its
-    newest reading may be one interval older than its last upload; that interval is added.
+    ``silent_min_h``), judged against the fleet's event-time watermark; meters that upload a day
+    of values at once (interval of 6 h or more) against the watermark of such meters.
 
     fleet_outlier: the day's profile is an outlier among meters of the same kind for
     ``fleet_outlier_days`` days in a row.

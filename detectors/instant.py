@@ -111,7 +111,7 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     high = np.where(short, excess >= q, excess * dt / 3600.0 >= q * need / 3600.0)
     # Not judged: an interval spanning a gap (when did the water flow?) and a meter's first day
     # (its normal flow is not known yet; a plant's normal flow may exceed 30% of Q3).
-    high &= (dt <= GAP_S) & (state["days"][m] >= 1)
+    high &= (dt <= GAP_S) & (iv.t1 >= state["first_ts"][m] + 86400)
     high &= enabled(params, m, "burst")
     first = group_starts(iv.meter)
     carry_s = state["burst_s"][m].astype(np.float64)

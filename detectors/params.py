@@ -102,8 +102,7 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["rev_n"] = t.reverse_min_intervals
     r["bat_low"] = t.battery_low_pct
     interval = meter.expected_interval_s
-    batched = interval if interval >= BATCH_UPLOAD_S else 0
-    r["silent_s"] = round(max(t.silent_factor * interval + batched, t.silent_min_h * 3600))
+    r["silent_s"] = round(max(t.silent_factor * interval, t.silent_min_h * 3600))
     r["fo_days"] = t.fleet_outlier_days
     return r
 

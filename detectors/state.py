@@ -20,6 +20,7 @@ DAY_TYPES = 4  # meterwatch.holidays.DayType: workday, weekend, holiday, Spring 
 STATE_DTYPE = np.dtype(
     [
         ("seen", np.bool_),
+        ("first_ts", np.int64),  # oldest reading seen: the meter's history starts here
         ("last_ts", np.int64),  # newest accepted reading
         ("last_reg", np.float64),
         ("hour", np.int64),  # epoch hour still open (-1: none)
@@ -40,11 +41,8 @@ STATE_DTYPE = np.dtype(
         ("day_vol", np.float32),
         ("day_min", np.float32),
         ("day_hours", np.int16),
-        ("day_gaps", np.int16),
-        (
-            "day_norm",
-            np.float32,
-        ),  # what the day's closed hours use on a normal day (hour of week)  # hours of the day filled in from a long gap between readings
+        ("day_gaps", np.int16),  # hours of the day filled in from a long gap between readings
+        ("day_norm", np.float32),  # what the day's closed hours use on a normal day
         ("days", np.int16),  # complete local days seen (capped)
         ("day_base", np.float32, DAY_TYPES),
         ("day_n", np.int16, DAY_TYPES),
@@ -76,7 +74,7 @@ STATE_DTYPE = np.dtype(
 
 def new_states(n: int) -> NDArray[np.void]:
     s = np.zeros(n, dtype=STATE_DTYPE)
-    for name in ("last_ts", "hour", "day", "zero_since", "silent_at", "leak_day"):
+    for name in ("first_ts", "last_ts", "hour", "day", "zero_since", "silent_at", "leak_day"):
         s[name] = -1
     s["night_min"] = np.inf
     s["day_min"] = np.inf

@@ -27,7 +27,7 @@ from storage.db import connect
 from storage.writer import Message
 
 log = logging.getLogger(__name__)
-META_KEYS = ("watermark", "dma", "fleet")
+META_KEYS = ("watermark", "batch_watermark", "dma", "fleet")
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from detectors.config import FleetSettings, ThresholdBook
+    from meterwatch.detect import run
+    from storage.registry import parse_csv
+
+    meters = None
+    if args.meters:
+        meters, errors = parse_csv(Path(args.meters).read_text(encoding="utf-8"))
+        if errors:
+            print(f"{args.meters}: {errors[0]}", file=sys.stderr)
+            return 1
+    res, _ = run(
+        Path(args.recording), meters=meters, thresholds=ThresholdBook.load(args.thresholds),
+        fleet=FleetSettings(fleet_outliers=not args.no_fleet_model),
+        out=Path(args.out) if args.out else None,
+    )  # fmt: skip
+    summary = res.to_json()
+    text = (
+        f"{res.readings} readings of {res.meters} meters in {res.seconds:.1f} s "
+        f"({summary['readings_per_s']} readings/s); alerts raised: {summary['raised_by_type']}"
+    )
+    _emit(args, summary, text)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from detectors.config import ThresholdBook
+    from meterwatch.backtest import backtest
+    from storage.db import connect
+
+    settings = _settings(args)
+    current = ThresholdBook.load(args.current or settings.detector_config)
+    proposed = ThresholdBook.load(args.thresholds)
+    with connect(settings.database_url) as conn:
+        until = args.until
+        if until is None:
+            row = conn.execute("SELECT max(ts) FROM readings").fetchone()
+            if row is None or row[0] is None:
+                print("no stored readings", file=sys.stderr)
+                return 1
+            until = row[0] + timedelta(seconds=1)
+        since = args.since or until - timedelta(days=args.days)
+        res = backtest(conn, current, proposed, since, until)
+    _emit(args, res.to_json(), res.text())
+    return 0
+
+
 def _iso(value: str) -> datetime:
     ts = datetime.fromisoformat(value)
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
@@ -225,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     _service_flags(p)
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("detect", help="run the detectors over a recording (no broker, no database)")
+    p.add_argument("recording", help="a recording (.parquet) written by simulate --out")
+    p.add_argument("--meters", help="registry CSV (default: NAME.meters.csv beside the recording)")
+    p.add_argument("--thresholds", help="detector thresholds (TOML, see docs/detection.md)")
+    p.add_argument("--out", metavar="STREAM.jsonl", help="write the alert stream (JSON Lines)")
+    p.add_argument("--no-fleet-model", action="store_true", help="skip the fleet-outlier model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("backtest", help="compare alerts under other thresholds over stored history")
+    p.add_argument("--thresholds", required=True, help="proposed thresholds (TOML)")
+    p.add_argument("--current", help="thresholds in force (default: METERWATCH_DETECTOR_CONFIG)")
+    p.add_argument("--days", type=float, default=180.0, help="history to replay (default 180)")
+    p.add_argument("--since", type=_iso, help="start of the history (ISO 8601)")
+    p.add_argument("--until", type=_iso, help="end of the history (default: newest reading)")
+    _service_flags(p)
+    p.set_defaults(func=cmd_backtest)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"

@@ -1,0 +1,563 @@
+"""The detector bank on synthetic meters, fed as ingest feeds it: messages in arrival order.
+
+No services: every test builds a few meters' readings from litres per interval (registers count
+whole litres), sorts the messages by when they reach ingest and calls ``Monitor.observe_messages``
+in chunks. LoRa meters send one reading every 15 minutes as it is taken; NB-IoT meters send a day
+of hourly readings at once, the next morning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+from numpy.typing import ArrayLike, NDArray
+
+from detectors.alert import Alert, Severity
+from detectors.bank import Monitor
+from detectors.config import ThresholdBook, Thresholds
+from meterwatch.domain import Meter, MeterKind, Reading
+
+LOCAL = ZoneInfo("Asia/Shanghai")
+T0 = datetime(2026, 3, 4, tzinfo=LOCAL)  # a Wednesday; no public holiday for four weeks
+QUARTER, HOUR, DAY = 900, 3600, 86400
+# A home's litres per local hour: nothing at night, peaks morning and evening (278 L a day).
+HOME = np.array(
+    [0, 0, 0, 0, 0, 0, 15, 40, 25, 10, 8, 10, 15, 10, 6, 6, 8, 12, 30, 35, 25, 15, 8, 0], float
+)
+# A shop's: it never stops (a chiller, a tap), busy from 07:00 to 20:00 (3,940 L a day).
+SHOP = np.array(
+    [30] * 7 + [150, 250, 300, 300, 280, 320, 350, 300, 280, 300, 320, 280, 200, 120] + [30] * 3,
+    float,
+)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One message as ingest receives it."""
+
+    at: int  # epoch seconds of arrival
+    readings: list[Reading]
+
+
+def at(start: datetime = T0, **delta: float) -> datetime:
+    return start + timedelta(**delta)
+
+
+def hourly(profile: NDArray[np.float64], days: int) -> NDArray[np.float64]:
+    return np.tile(profile, days)
+
+
+def quarters(litres_per_hour: ArrayLike) -> NDArray[np.float64]:
+    """Hourly litres spread evenly over the hour's four 15-minute intervals."""
+    return np.repeat(np.asarray(litres_per_hour, float) / 4.0, 4)
+
+
+def registers(litres: ArrayLike, first_l: float) -> NDArray[np.float64]:
+    """Register values (m3, whole litres) before the first interval and after each one."""
+    total = first_l + np.concatenate([[0.0], np.cumsum(np.asarray(litres, float))])
+    return np.floor(total + 1e-9) / 1000.0
+
+
+def lora(
+    meter_id: str,
+    litres: ArrayLike,
+    *,
+    start: datetime = T0,
+    step_s: int = QUARTER,
+    flags: Mapping[int, tuple[str, ...]] | None = None,
+    battery: Mapping[int, float] | None = None,
+    drop: Collection[int] = (),
+    first_l: float = 100_000.0,
+) -> list[Arrival]:
+    """One reading per message, sent when taken; reading k at ``start + k * step_s``, after k
+    intervals of ``litres``. ``flags``/``battery`` by reading; ``drop``: readings never sent."""
+    reg = registers(litres, first_l)
+    t0 = int(start.timestamp())
+    out = []
+    for k, r in enumerate(reg.tolist()):
+        if k in drop:
+            continue
+        ts = t0 + k * step_s
+        bat = (battery or {}).get(k)
+        reading = Reading(meter_id, at(start, seconds=k * step_s), r, None, bat, None,
+                          (flags or {}).get(k, ()))  # fmt: skip
+        out.append(Arrival(ts, [reading]))
+    return out
+
+
+def nbiot(
+    meter_id: str,
+    litres_per_hour: ArrayLike,
+    *,
+    start: datetime = T0,
+    upload_min: int = 6 * 60,
+    flags: Mapping[int, tuple[str, ...]] | None = None,
+    skip_days: Collection[int] = (),
+    first_l: float = 100_000.0,
+) -> list[Arrival]:
+    """Hourly readings, day d's 24 (00:00..23:00) in one message uploaded on day d+1 at
+    ``upload_min`` minutes after midnight. ``flags`` by day; ``skip_days``: uploads lost."""
+    reg = registers(litres_per_hour, first_l).tolist()
+    t0 = int(start.timestamp())
+    out = []
+    for d in range(0, (len(reg) + 23) // 24):
+        if d in skip_days:
+            continue
+        ks = range(24 * d, min(24 * d + 24, len(reg)))
+        msg = [Reading(meter_id, at(start, hours=k), reg[k]) for k in ks]
+        msg[-1] = msg[-1]._replace(flags=(flags or {}).get(d, ()))
+        out.append(Arrival(t0 + (d + 1) * DAY + upload_min * 60, msg))
+    return out
+
+
+def arrivals(*streams: Iterable[Arrival]) -> list[Arrival]:
+    """All messages in arrival order (ties keep the order the streams are given in)."""
+    return sorted((a for s in streams for a in s), key=lambda a: a.at)
+
+
+def feed(monitor: Monitor, stream: Sequence[Arrival], chunk: int = 64) -> list[Alert]:
+    out: list[Alert] = []
+    for i in range(0, len(stream), chunk):
+        out += monitor.observe_messages([a.readings for a in stream[i : i + chunk]])
+    return out
+
+
+def run(
+    meters: Sequence[Meter], *streams: Iterable[Arrival], chunk: int = 64, **kw: Any
+) -> list[Alert]:
+    return feed(Monitor(meters, **kw), arrivals(*streams), chunk)
+
+
+def of(alerts: Iterable[Alert], alert_type: str) -> list[Alert]:
+    return [a for a in alerts if a.type == alert_type]
+
+
+def raised(alerts: Iterable[Alert], alert_type: str) -> list[Alert]:
+    return [a for a in of(alerts, alert_type) if not a.cleared]
+
+
+def cleared(alerts: Iterable[Alert], alert_type: str) -> list[Alert]:
+    return [a for a in of(alerts, alert_type) if a.cleared]
+
+
+HOMES = [Meter(f"H{i}") for i in range(10)]
+
+
+# -- leak ---------------------------------------------------------------------------------------
+
+
+def leak_home(
+    extra_lph: float = 20.0, hours: range = range(30, 71), days: int = 3
+) -> NDArray[np.float64]:
+    """A home's litres per hour with ``extra_lph`` flowing in ``hours`` (30 is 06:00 on day 1)."""
+    use = hourly(HOME, days)
+    use[hours.start : hours.stop] += extra_lph
+    return use
+
+
+def test_constant_flow_raises_one_leak_a_day_after_onset_and_a_quiet_hour_clears_it() -> None:
+    alerts = run(HOMES[:1], lora("H0", quarters(leak_home())))
+    onset = at(hours=30)
+    (leak,) = raised(alerts, "leak")
+    assert onset + timedelta(hours=24) <= leak.detected_at <= onset + timedelta(hours=26)
+    assert leak.started_at == onset
+    assert leak.evidence["rule"] == "continuous_flow"
+    assert leak.evidence["leak_lph"] == pytest.approx(20, abs=2)
+    assert leak.estimated_loss_m3_per_day == pytest.approx(0.48, abs=0.05)
+    (gone,) = cleared(alerts, "leak")
+    assert gone.detected_at == at(hours=72)  # the end of hour 71, the first without the leak
+
+
+def test_a_home_with_quiet_nights_raises_nothing_in_two_weeks() -> None:
+    assert run(HOMES[:1], lora("H0", quarters(hourly(HOME, 14)))) == []
+
+
+@pytest.mark.parametrize(("drip_lph", "leaks"), [(4.0, False), (6.0, True)])
+def test_a_drip_is_a_leak_from_5_litres_an_hour(drip_lph: float, leaks: bool) -> None:
+    alerts = run(HOMES[:1], lora("H0", quarters(hourly(HOME, 5) + drip_lph)))
+    assert bool(raised(alerts, "leak")) is leaks
+
+
+SHOP_METER = Meter("S1", kind=MeterKind.COMMERCIAL, q3_m3h=6.3, dn_mm=25)
+
+
+def test_a_shop_leak_is_found_against_its_learned_night_flow() -> None:
+    use = hourly(SHOP, 12)
+    use[6 * 24 :] += 100.0  # from day 6, a Tuesday
+    alerts = run([SHOP_METER], nbiot("S1", use))
+    onset = at(days=6)
+    leak = raised(alerts, "leak")[0]
+    assert onset < leak.detected_at <= onset + timedelta(days=3)
+    assert leak.started_at == onset
+    assert leak.evidence["leak_lph"] == pytest.approx(100, abs=10)
+
+
+def test_a_shop_using_three_times_as_much_all_day_is_not_leaking() -> None:
+    use = hourly(SHOP, 12)
+    use[6 * 24 :] *= 3.0
+    assert raised(run([SHOP_METER], nbiot("S1", use)), "leak") == []
+
+
+def test_a_lost_daily_upload_spreads_a_day_over_25_hours_and_is_no_leak() -> None:
+    nb = Meter("N0", expected_interval_s=DAY)
+    assert run([nb], nbiot("N0", hourly(HOME, 7), skip_days={3})) == []
+
+
+# -- burst --------------------------------------------------------------------------------------
+
+
+def burst_home(day: int, days: int = 3, minutes: int = 45) -> NDArray[np.float64]:
+    """1.5 m3/h more than usual from 10:00 on ``day`` for ``minutes``."""
+    q = quarters(hourly(HOME, days))
+    first = (day * 24 + 10) * 4
+    q[first : first + minutes // 15] += 1500.0 / 4
+    return q
+
+
+def test_a_burst_is_raised_after_30_minutes_from_its_start_and_cleared_after_it() -> None:
+    alerts = run(HOMES[:1], lora("H0", burst_home(day=2)))
+    start = at(days=2, hours=10)
+    assert [(a.cleared, a.detected_at) for a in of(alerts, "burst")] == [
+        (False, start + timedelta(minutes=30)),
+        (True, start + timedelta(minutes=60)),  # the first reading after it shows no burst
+    ]
+    burst = raised(alerts, "burst")[0]
+    assert (burst.started_at, burst.severity) == (start, Severity.CRITICAL)
+    assert burst.evidence["volume_m3"] == pytest.approx(0.75 + 0.01, abs=0.02)
+
+
+def test_no_burst_on_a_meters_first_day() -> None:
+    assert of(run(HOMES[:1], lora("H0", burst_home(day=0))), "burst") == []
+
+
+def test_a_30_hour_gap_holding_2_m3_is_no_burst() -> None:
+    q = quarters(hourly(HOME, 5))
+    gap = range(2 * 96 + 40, 2 * 96 + 40 + 120)  # 30 h from 10:00 on day 2
+    q[gap.start : gap.stop] = 2000.0 / len(gap)
+    alerts = run(HOMES[:1], lora("H0", q, drop=range(gap.start + 1, gap.stop)))
+    assert of(alerts, "burst") == []
+
+
+# -- reverse flow -------------------------------------------------------------------------------
+
+
+def home_quarters(days: int = 2) -> NDArray[np.float64]:
+    """A home's litres per 15 minutes; quarter 104 is 02:00 on day 1, when nothing flows."""
+    return quarters(hourly(HOME, days))
+
+
+def test_two_register_decreases_holding_20_litres_raise_reverse_flow() -> None:
+    q = home_quarters()
+    q[104:106] = -10.0
+    alerts = run(HOMES[:1], lora("H0", q))
+    back = at(days=1, hours=2)
+    (rev,) = raised(alerts, "reverse_flow")
+    assert (rev.started_at, rev.detected_at) == (back, back + timedelta(minutes=30))
+    assert rev.evidence == {"source": "register", "volume_l": 20.0, "intervals": 2}
+    assert [a.detected_at for a in cleared(alerts, "reverse_flow")] == [
+        back + timedelta(minutes=45)
+    ]
+
+
+def test_one_step_back_of_3_litres_is_register_jitter() -> None:
+    q = home_quarters()
+    q[104] = -3.0
+    q[105] = 3.0
+    assert of(run(HOMES[:1], lora("H0", q)), "reverse_flow") == []
+
+
+def test_the_meters_reverse_flag_alone_raises_reverse_flow() -> None:
+    alerts = run(HOMES[:1], lora("H0", home_quarters(), flags={105: ("reverse",)}))
+    (rev,) = raised(alerts, "reverse_flow")
+    assert rev.detected_at == at(days=1, hours=2, minutes=15)
+    assert rev.evidence["source"] == "meter_flag"
+    assert [a.detected_at for a in cleared(alerts, "reverse_flow")] == [
+        at(days=1, hours=2, minutes=30)
+    ]
+
+
+# -- tamper, battery ----------------------------------------------------------------------------
+
+
+def test_a_magnet_on_three_readings_raises_tamper_then_clears() -> None:
+    magnet = dict.fromkeys(range(50, 53), ("magnetic",))
+    alerts = run(HOMES[:1], lora("H0", home_quarters(1), flags=magnet))
+    assert [(a.cleared, a.detected_at) for a in of(alerts, "tamper")] == [
+        (False, at(minutes=50 * 15)),
+        (True, at(minutes=53 * 15)),
+    ]
+    assert raised(alerts, "tamper")[0].evidence["flags"] == ["magnetic"]
+
+
+def test_tamper_in_a_daily_upload_started_with_the_messages_first_reading() -> None:
+    nb = Meter("N0", expected_interval_s=DAY)
+    alerts = run([nb], nbiot("N0", hourly(HOME, 3), flags={1: ("tamper",)}))
+    (t,) = raised(alerts, "tamper")
+    assert (t.started_at, t.detected_at) == (at(days=1), at(days=1, hours=23))
+    assert [a.detected_at for a in cleared(alerts, "tamper")] == [at(days=2, hours=23)]
+
+
+def test_low_battery_opens_below_10_percent_and_closes_only_well_above() -> None:
+    levels = {10: 30.0, 20: 9.0, 30: 12.0, 40: 11.0, 50: 20.0}
+    alerts = run(HOMES[:1], lora("H0", home_quarters(1), battery=levels))
+    assert [(a.cleared, a.detected_at) for a in of(alerts, "low_battery")] == [
+        (False, at(minutes=20 * 15)),
+        (True, at(minutes=50 * 15)),
+    ]
+    assert raised(alerts, "low_battery")[0].evidence["battery_pct"] == 9.0
+
+
+# -- silent -------------------------------------------------------------------------------------
+
+
+def quiet_lora_meter() -> list[Arrival]:
+    """Eight LoRa homes over 20 hours; H7 sends nothing from 10:15 to 17:45."""
+    q = home_quarters(1)[: 20 * 4]
+    streams = [lora(m.meter_id, q) for m in HOMES[:7]]
+    return arrivals(*streams, lora("H7", q, drop=range(41, 72)))
+
+
+def test_a_lora_meter_is_silent_4_hours_after_its_last_reading_by_the_fleets_clock() -> None:
+    stream = quiet_lora_meter()
+    due = at(hours=14)  # last reading 10:00, silent_min_h = 4
+    before = [a for a in stream if a.at < due.timestamp()]
+    at_due = [a for a in stream if a.at == due.timestamp()]
+    after = [a for a in stream if a.at > due.timestamp()]
+    monitor = Monitor(HOMES[:8])
+    assert of(feed(monitor, before), "silent") == []
+    (silent,) = of(feed(monitor, at_due), "silent")
+    assert (silent.meter_id, silent.cleared) == ("H7", False)
+    assert (silent.started_at, silent.detected_at) == (at(hours=10), due)
+    back = of(feed(monitor, after, 1), "silent")
+    assert [(a.meter_id, a.cleared, a.detected_at) for a in back] == [("H7", True, at(hours=18))]
+
+
+def test_a_silent_meter_is_cleared_at_its_first_reading_back_in_any_batch() -> None:
+    back = of(run(HOMES[:8], quiet_lora_meter(), chunk=64), "silent")
+    assert [(a.cleared, a.detected_at) for a in back] == [
+        (False, at(hours=14)),
+        (True, at(hours=18)),
+    ]
+
+
+NB_FLEET = [Meter(f"N{i}", expected_interval_s=DAY) for i in range(8)]
+
+
+def nb_fleet(days: int, *, skip: Collection[int] = (), stop: int | None = None) -> list[Arrival]:
+    """Eight daily-upload homes, uploading one after another from 06:00; N7 (last) loses the
+    uploads of days ``skip`` and sends nothing from day ``stop`` on."""
+    use = hourly(HOME, days)
+    streams = [nbiot(f"N{i}", use, upload_min=360 + 5 * i) for i in range(7)]
+    n7 = nbiot("N7", use if stop is None else use[: stop * 24 - 1], upload_min=395, skip_days=skip)
+    return arrivals(*streams, n7)
+
+
+def test_daily_uploads_are_not_silent() -> None:
+    assert of(run(NB_FLEET, nb_fleet(8), chunk=1), "silent") == []
+
+
+def test_a_daily_upload_meter_that_stops_goes_silent() -> None:
+    alerts = run(NB_FLEET, nb_fleet(10, stop=3), chunk=1)
+    (silent,) = of(alerts, "silent")
+    assert silent.meter_id == "N7"
+    assert silent.started_at == at(days=2, hours=23)  # its newest reading
+
+
+def test_a_daily_upload_meter_missing_two_uploads_is_silent() -> None:
+    # N7's last upload is on day 3 (day 2's readings); the uploads of days 4 and 5 are lost.
+    stream = nb_fleet(8, skip={3, 4})
+    by_end_of_day_5 = [a for a in stream if a.at < at(days=6).timestamp()]
+    assert [a.meter_id for a in of(feed(Monitor(NB_FLEET), by_end_of_day_5, 1), "silent")] == ["N7"]
+
+
+# -- no consumption -----------------------------------------------------------------------------
+
+
+def flat_after_first_day(days: int, start: datetime = T0) -> list[Arrival]:
+    """An hourly LoRa home used on its first day only; its register stands still from 23:00."""
+    use = hourly(HOME, days)
+    use[24:] = 0.0
+    return lora("H0", use, start=start, step_s=HOUR)
+
+
+def test_a_still_register_warns_after_7_days_and_is_critical_after_28() -> None:
+    alerts = run(HOMES[:1], flat_after_first_day(31))
+    since = at(hours=23)
+    assert [(a.severity, a.started_at, a.detected_at) for a in of(alerts, "no_consumption")] == [
+        (Severity.WARNING, since, since + timedelta(days=7)),
+        (Severity.CRITICAL, since, since + timedelta(days=28)),
+    ]
+
+
+def test_spring_festival_days_do_not_count_as_no_consumption() -> None:
+    start = datetime(2027, 1, 31, tzinfo=LOCAL)  # a Sunday; Spring Festival is 02-05..02-12
+    alerts = run(HOMES[:1], flat_after_first_day(20, start=start))
+    since = at(start, hours=23)
+    (nc,) = of(alerts, "no_consumption")
+    assert nc.started_at == since
+    assert nc.detected_at == since + timedelta(days=7 + 8)  # 7 days plus the 8 days off
+
+
+# -- abnormal use -------------------------------------------------------------------------------
+
+
+def use_by_day(factors: Mapping[int, float], days: int) -> list[Arrival]:
+    use = hourly(HOME, days).reshape(days, 24)
+    for d, f in factors.items():
+        use[d] *= f
+    return lora("H0", use.ravel(), step_s=HOUR)
+
+
+def test_four_times_the_usual_use_for_days_on_end_is_abnormal_high() -> None:
+    alerts = run(HOMES[:1], use_by_day({10: 4.0, 11: 4.0, 12: 4.0}, 15))
+    need = Thresholds().abnormal_days  # days in a row before it is called
+    high = raised(alerts, "abnormal_high")
+    assert (high[0].started_at, high[0].detected_at) == (at(days=10), at(days=10 + need))
+    assert high[0].evidence["ratio"] == pytest.approx(4.0, rel=0.05)
+    assert [a.detected_at for a in cleared(alerts, "abnormal_high")] == [at(days=14)]
+
+
+def test_one_day_at_three_times_the_usual_use_is_not_abnormal() -> None:
+    assert of(run(HOMES[:1], use_by_day({10: 3.0}, 14)), "abnormal_high") == []
+
+
+# -- DMA balance --------------------------------------------------------------------------------
+
+
+def dma_stream(
+    days: int = 8, extra_from: int = 5, inlet_step_s: int = QUARTER
+) -> tuple[list[Meter], list[Arrival]]:
+    """20 NB-IoT homes and the DMA's inlet on LoRa: the customers' use plus 5 % background loss,
+    and 15 % of the customers' use more from day ``extra_from``."""
+    customers = [Meter(f"C{i:02d}", dma="D1", expected_interval_s=DAY) for i in range(20)]
+    inlet = Meter("INLET", dma="D1", kind=MeterKind.BULK, dn_mm=100, q3_m3h=100.0)
+    rng = np.random.default_rng(3)
+    use = [hourly(HOME, days) * rng.uniform(1.5, 2.5) for _ in customers]
+    total = np.sum(use, axis=0)
+    share = np.where(np.arange(days * 24) >= extra_from * 24, 1.20, 1.05)
+    streams = [nbiot(m.meter_id, u) for m, u in zip(customers, use, strict=True)]
+    inflow = total * share
+    if inlet_step_s == QUARTER:
+        inflow = quarters(inflow)
+    return [*customers, inlet], arrivals(*streams, lora("INLET", inflow, step_s=inlet_step_s))
+
+
+def test_a_new_network_loss_raises_dma_imbalance_on_the_inlet_after_the_lateness() -> None:
+    meters, stream = dma_stream()
+    alerts = run(meters, stream)
+    dma = of(alerts, "dma_imbalance")
+    assert [(a.meter_id, a.cleared) for a in dma] == [("INLET", False)]
+    assert dma[0].started_at == at(days=5)
+    assert dma[0].detected_at == at(days=6, hours=42)  # the day's end + dma_lateness_h
+    ev = dma[0].evidence
+    assert ev["excess_m3"] == pytest.approx(0.15 * ev["customers_m3"], rel=0.05)
+
+
+def test_no_dma_imbalance_while_the_loss_is_normal() -> None:
+    meters, stream = dma_stream(extra_from=99)
+    assert of(run(meters, stream), "dma_imbalance") == []
+
+
+# -- the bank as a whole ------------------------------------------------------------------------
+
+
+def mixed() -> tuple[list[Meter], list[Arrival]]:
+    """Six days of a DMA losing more from day 3, a leak, a burst on a meter that then stops,
+    reverse flow and a low battery, a magnet: mostly hourly LoRa, to keep 1-message chunks quick."""
+    days = 6
+    meters, dma = dma_stream(days, extra_from=3, inlet_step_s=HOUR)
+    rev = hourly(HOME, days)
+    rev[26:28] = -10.0
+    streams = [
+        dma,
+        lora("H0", leak_home(days=days), step_s=HOUR),
+        lora("H1", burst_home(day=2)),
+        lora("H2", rev, step_s=HOUR, battery={60: 8.0, 100: 30.0}),
+        lora(
+            "H3", hourly(HOME, days), step_s=HOUR, flags=dict.fromkeys(range(50, 53), ("magnetic",))
+        ),
+    ]
+    return [*meters, *HOMES[:4]], arrivals(*streams)
+
+
+@pytest.fixture(scope="module")
+def mixed_run() -> tuple[list[Meter], list[Arrival], list[Alert]]:
+    meters, stream = mixed()
+    return meters, stream, feed(Monitor(meters), stream, 37)
+
+
+def per_meter_and_type(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
+    """The alerts grouped by (meter, type), each group in emitted order: what the store sees."""
+    return [a.to_json() for a in sorted(alerts, key=lambda a: (a.meter_id, a.type))]
+
+
+def test_the_mixed_fleet_raises_every_kind_it_holds(
+    mixed_run: tuple[list[Meter], list[Arrival], list[Alert]],
+) -> None:
+    kinds = {a.type for a in mixed_run[2] if not a.cleared}
+    assert kinds == {
+        "leak", "burst", "reverse_flow", "tamper", "low_battery", "silent", "dma_imbalance"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk", [1, 10_000_000])
+def test_alerts_do_not_depend_on_how_the_stream_is_cut(
+    mixed_run: tuple[list[Meter], list[Arrival], list[Alert]], chunk: int
+) -> None:
+    meters, stream, by_37 = mixed_run
+    alerts = feed(Monitor(meters), stream, chunk)
+    assert per_meter_and_type(alerts) == per_meter_and_type(by_37)
+
+
+def test_a_restored_checkpoint_carries_on_as_an_uninterrupted_run(
+    mixed_run: tuple[list[Meter], list[Arrival], list[Alert]],
+) -> None:
+    meters, stream, whole = mixed_run
+    half = 37 * (len(stream) // 74)
+    first = Monitor(meters)
+    alerts = feed(first, stream[:half], 37)
+    states, meta = first.checkpoint(everything=True), first.global_state()
+    second = Monitor(meters)
+    assert second.restore(states) == len(meters)
+    second.restore_global(meta)
+    alerts += feed(second, stream[half:], 37)
+    assert [a.to_json() for a in alerts] == [a.to_json() for a in whole]
+
+
+def test_a_meters_state_fits_in_2_kib() -> None:
+    assert Monitor.state_size() <= 2048
+
+
+# -- thresholds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "leaks"),
+    [
+        ("", 1),
+        ("[kind.residential]\nleak_min_lph = 30\n", 0),
+        ('[meter."H0"]\ndisabled = ["leak"]\n', 0),
+        ('[meter."H1"]\ndisabled = ["leak"]\n', 1),
+        ("[kind.commercial]\nleak_min_lph = 30\n", 1),
+    ],
+)
+def test_thresholds_file_overrides_by_kind_and_meter(tmp_path: Path, toml: str, leaks: int) -> None:
+    path = tmp_path / "detectors.toml"
+    path.write_text(toml)
+    book = ThresholdBook.load(path)
+    alerts = run(HOMES[:1], lora("H0", quarters(leak_home())), thresholds=book)
+    assert len(raised(alerts, "leak")) == leaks
+
+
+def test_an_unknown_threshold_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "detectors.toml"
+    path.write_text("[kind.residential]\nleak_min_lph_typo = 30\n")
+    with pytest.raises(ValueError, match="leak_min_lph_typo"):
+        ThresholdBook.load(path)

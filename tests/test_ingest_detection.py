@@ -1,0 +1,139 @@
+"""Detectors at the ingest edge: readings over the real broker become stored alerts and a
+checkpoint that a new detection worker resumes from."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from detectors.config import FleetSettings, ThresholdBook
+from ingest.consumer import Ingest, IngestConfig
+from ingest.detection import Detection, DetectionConfig
+from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
+from meterwatch.domain import Meter
+from meterwatch.mqtt import BrokerAddress
+from meterwatch.settings import Settings
+from storage.alerts import load_meta, load_states, read_alerts
+from storage.registry import upsert_meters
+from storage.writer import Message
+from tests.helpers import Publisher, count, wait_until
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+METERS = [Meter("WD-REV"), Meter("WD-TAMP"), Meter("WD-OK")]
+STEPS = 12  # 15-minute readings per meter
+REVERSE_AT = range(4, 7)  # readings of WD-REV flagged "reverse"
+TAMPER_AT = STEPS - 1  # WD-TAMP's last reading is flagged "tamper"
+
+
+def ts(k: int) -> datetime:
+    return T0 + timedelta(minutes=15 * k)
+
+
+def uplink(prefix: str, meter_id: str, k: int, flags: tuple[str, ...] = ()) -> tuple[str, bytes]:
+    payload = encode_uplink(meter_id, [(ts(k), 100.0 + 0.005 * k, None)], flags=flags)
+    return uplink_topic(meter_id, prefix), payload
+
+
+def messages(prefix: str) -> list[tuple[str, bytes]]:
+    out = []
+    for k in range(STEPS):
+        out.append(uplink(prefix, "WD-REV", k, ("reverse",) if k in REVERSE_AT else ()))
+        out.append(uplink(prefix, "WD-TAMP", k, ("tamper",) if k == TAMPER_AT else ()))
+        out.append(uplink(prefix, "WD-OK", k))
+    return out
+
+
+def ingest_config(db_url: str, mqtt_url: str, prefix: str) -> IngestConfig:
+    return IngestConfig(
+        database_url=db_url,
+        broker=BrokerAddress.parse(mqtt_url),
+        prefix=prefix,
+        client_id=f"ingest-{prefix.replace('/', '-')}"[:60],
+        batch_readings=200,
+        batch_interval_s=0.05,
+    )
+
+
+def detection(db_url: str) -> Detection:
+    # No checkpoint falls due while the test runs: the one found afterwards was written at stop.
+    return Detection(
+        DetectionConfig(db_url, ThresholdBook(), FleetSettings(), checkpoint_interval_s=3600)
+    )
+
+
+@contextmanager
+def running_ingest_with(config: IngestConfig, det: Detection) -> Iterator[Ingest]:
+    det.start()
+    ingest = Ingest(config, detection=det)
+    stop = threading.Event()
+    thread = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert ingest.ready.wait(20), "ingest did not subscribe"
+        yield ingest
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "ingest did not stop"
+
+
+def test_ingest_stores_alerts_checkpoints_at_stop_and_a_new_worker_resumes(
+    db_url: str, mqtt_url: str, topic_prefix: str, db: psycopg.Connection[Any]
+) -> None:
+    upsert_meters(db, METERS)
+    db.commit()
+    msgs = messages(topic_prefix)
+    first = detection(db_url)
+    with running_ingest_with(ingest_config(db_url, mqtt_url, topic_prefix), first) as ingest:
+        pub = Publisher(mqtt_url)
+        pub.publish_all(msgs)
+        pub.flush()
+        pub.close()
+        assert wait_until(lambda: ingest.stats.messages >= len(msgs))
+        assert count(db_url, "SELECT count(*) FROM detector_state") == 0
+
+    alerts = {(a.meter_id, a.type): a for a in read_alerts(db)}
+    assert set(alerts) == {("WD-REV", "reverse_flow"), ("WD-TAMP", "tamper")}
+    rev, tamper = alerts["WD-REV", "reverse_flow"], alerts["WD-TAMP", "tamper"]
+    assert (rev.status, rev.resolution) == ("resolved", "cleared")
+    assert (rev.started_at, rev.resolved_at) == (ts(REVERSE_AT.start), ts(REVERSE_AT.stop))
+    assert rev.evidence["source"] == "meter_flag"
+    assert (tamper.status, tamper.detected_at) == ("open", ts(TAMPER_AT))
+
+    with TestClient(create_app(Settings(database_url=db_url))) as client:
+        r = client.get("/api/v1/alerts")
+    assert r.status_code == 200
+    body = r.json()
+    assert [(a["meter_id"], a["type"], a["status"]) for a in body["items"]] == [
+        ("WD-TAMP", "tamper", "open"),
+        ("WD-REV", "reverse_flow", "resolved"),
+    ]
+
+    assert set(load_states(db)) == {m.meter_id for m in METERS}
+    assert load_meta(db, "watermark") == str(first.monitor.watermark).encode()
+    assert first.monitor.watermark == int(ts(STEPS - 1).timestamp())
+
+    second = detection(db_url)
+    try:
+        second.start()
+        assert second.monitor.watermark == first.monitor.watermark
+        assert second.monitor.checkpoint(everything=True) == first.monitor.checkpoint(
+            everything=True
+        )
+        # It knows the tamper is open, so the next plain reading closes it.
+        topic, payload = uplink(topic_prefix, "WD-TAMP", STEPS)
+        now = datetime.now(UTC)
+        decoded = decode_uplink(topic, payload, received_at=now, prefix=topic_prefix)
+        second.process([Message(topic, payload, now, decoded)])
+        second.flush()
+    finally:
+        second.close()
+    (tamper,) = read_alerts(db, types=["tamper"])
+    assert (tamper.status, tamper.resolved_at) == ("resolved", ts(STEPS))
