@@ -59,7 +59,8 @@ class Thresholds:
 
     silent: no upload for ``silent_factor`` x the expected upload interval (at least
     ``silent_min_h``), judged against the fleet's event-time watermark; meters that upload a day
-    of values at once (interval of 6 h or more) against the watermark of such meters.
+    of values at once (interval of 6 h or more) against the watermark of such meters, with half
+    an interval of slack because their upload times differ.
 
     fleet_outlier: the day's profile is an outlier among meters of the same kind for
     ``fleet_outlier_days`` days in a row.

@@ -102,7 +102,10 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["rev_n"] = t.reverse_min_intervals
     r["bat_low"] = t.battery_low_pct
     interval = meter.expected_interval_s
-    r["silent_s"] = round(max(t.silent_factor * interval, t.silent_min_h * 3600))
+    # Batch uploaders upload at different times of day: half an interval of slack, so one that
+    # simply uploads later than the others is not taken for one that missed its upload.
+    slack = interval / 2 if interval >= BATCH_UPLOAD_S else 0
+    r["silent_s"] = round(max(t.silent_factor * interval + slack, t.silent_min_h * 3600))
     r["fo_days"] = t.fleet_outlier_days
     return r
 
