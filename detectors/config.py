@@ -38,7 +38,9 @@ class Thresholds:
     is learned from the meter's daily minima and the margin grows by ``leak_baseline_margin`` of
     it. Night flow: the minimum hour in the local night (``leak_night_from_h``..``leak_night_to_h``)
     above the same threshold for ``leak_night_nights`` nights in a row. Severity becomes critical
-    at ``leak_critical_lph`` or after ``leak_critical_days``. It clears after an hour below it.
+    at ``leak_critical_lph`` or after ``leak_critical_days``. The condition clears with a zero
+    hour; the alert closes when no leak has come back within ``leak_clear_hold_h`` of it (a leak
+    that stops now and then stays one alert), dated at that zero hour.
 
     burst: the flow averaged over readings stays above ``burst_q3_share`` x Q3 for
     ``burst_min_min`` minutes (one reading interval longer than that must hold that much volume).
@@ -76,6 +78,7 @@ class Thresholds:
     leak_night_nights: int = 3
     leak_critical_lph: float = 230.0
     leak_critical_days: float = 7.0
+    leak_clear_hold_h: float = 72.0
     burst_q3_share: float = 0.3
     burst_min_min: float = 30.0
     abnormal_high_factor: float = 2.0

@@ -67,7 +67,7 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
         return
     lday = st["day"][idx].astype(np.int64)
     vol = st["day_vol"][idx].astype(np.float64)
-    dtype = day_types(lday)
+    dtype = day_types(lday, pr["cn"][idx])
     start = lday * 86400 - pr["off_s"][idx]
     end = start + 86400
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)

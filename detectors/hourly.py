@@ -62,7 +62,7 @@ def hour_step(
     st["day_min"][idx] = np.minimum(st["day_min"][idx], vol)
     st["day_hours"][idx] += 1
     st["day_gaps"][idx] += gap
-    dtype = day_types(lday)
+    dtype = day_types(lday, pr["cn"][idx])
     _hour_of_week(st, idx, lday, lh, dtype, vol)
     _leak(ctx, idx, hour, lday, lh, vol, gap)
     _no_consumption(ctx, idx, hour, dtype, vol)
@@ -95,7 +95,10 @@ def _leak(
     base, thr, _ = leak_threshold(st, pr, idx)
     on = enabled(pr, idx, "leak") & ~pr["leak_learn"][idx]
     above = on & (vol >= thr - EPS_M3)
-    run = np.where(gap, st["leak_run"][idx], np.where(above, st["leak_run"][idx] + 1, 0))
+    # A gap's hours share its volume evenly. If even that share is below the threshold, some hour
+    # of the gap was, so the run breaks; otherwise the gap can neither extend nor break it.
+    hold = gap & above
+    run = np.where(hold, st["leak_run"][idx], np.where(above & ~gap, st["leak_run"][idx] + 1, 0))
     # Learned-baseline meters count days in leak_run (detectors.daily), not hours.
     st["leak_run"][idx] = np.where(pr["leak_learn"][idx], st["leak_run"][idx], run)
     opened = rule_open(st, idx, "leak")
@@ -114,7 +117,9 @@ def _leak(
         sev = np.where(
             (rate >= pr["leak_crit"][k]) | (run[rows] >= pr["leak_crit_h"][k]), 2, 1
         ).astype(np.int8)
-        fresh = ~opened[rows] | (st["leak_day"][k] != lday[rows]) | (sev > st["leak_sev"][k])
+        back = st["leak_quiet"][k] >= 0  # the leak returned before its alert closed
+        st["leak_quiet"][k] = -1
+        fresh = ~opened[rows] | back | (st["leak_day"][k] != lday[rows]) | (sev > st["leak_sev"][k])
         if fresh.any():
             r = rows[fresh]
             kk = idx[r]
@@ -168,14 +173,21 @@ def _leak(
             st["leak_day"][kk] = lday[r]
             st["leak_sev"][kk] = 1
             st["leak_rate"][kk] = rate
-    # A quiet hour ends a leak: clearly below the leak level (a zero hour for most homes).
-    quiet = np.flatnonzero(opened & on & ~gap & (vol < base + 0.5 * (thr - base)))
-    if quiet.size:
-        k = idx[quiet]
-        ctx.emit.clear("leak", k, end[quiet])
+    # A zero hour ends a leak (hours between zero and the threshold only stop the run): a drip
+    # that wavers around the threshold stays one alert instead of reopening every day.
+    # The alert closes once no leak has come back for leak_hold hours after that zero hour, so a
+    # leak that stops now and then stays one alert.
+    quiet = opened & on & ~gap & (vol < base + ZERO_M3) & (st["leak_quiet"][idx] < 0)
+    st["leak_quiet"][idx] = np.where(quiet, end, st["leak_quiet"][idx])
+    since = st["leak_quiet"][idx]
+    done = np.flatnonzero(on & (since >= 0) & (end >= since + pr["leak_hold_s"][idx]))
+    if done.size:
+        k = idx[done]
+        ctx.emit.clear("leak", k, since[done])
         st["leak_rate"][k] = 0.0
         st["leak_sev"][k] = 0
         st["leak_day"][k] = -1
+        st["leak_quiet"][k] = -1
 
 
 def _no_consumption(

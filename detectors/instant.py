@@ -107,15 +107,16 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     flow = iv.volume / dt * 3600.0
     normal = _normal_flow(state, params, m, iv.t1) * _day_level(state, m)
     excess = flow - normal
-    short = dt <= need
-    high = np.where(short, excess >= q, excess * dt / 3600.0 >= q * need / 3600.0)
+    # Readings further apart than the burst duration must show burst-level flow on average over
+    # the whole interval: 375 L within an hour is a bath and a wash, not necessarily a burst.
+    high = excess >= q
     # Not judged: an interval spanning a gap (when did the water flow?) and a meter's first day
     # (its normal flow is not known yet; a plant's normal flow may exceed 30% of Q3).
     high &= (dt <= GAP_S) & (iv.t1 >= state["first_ts"][m] + 86400)
     high &= enabled(params, m, "burst")
     first = group_starts(iv.meter)
     carry_s = state["burst_s"][m].astype(np.float64)
-    dur = np.where(short, dt, need)
+    dur = dt
     r = runs(high, first, carry_s, dur)
     vol = runs(high, first, np.where(carry_s > 0, state["burst_m3"][m], 0.0), iv.volume).total
     start_t = np.where(r.carried, state["burst_start"][m], iv.t0[r.start])
@@ -162,7 +163,7 @@ def _normal_flow(
     is learned, the highest hourly normal it has learned (0 for a new meter)."""
     local = t1 - 1 + params["off_s"][m]
     lday = local // 86400
-    weekday = np.where(day_types(lday) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
+    weekday = np.where(day_types(lday, params["cn"][m]) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
     slot = weekday * 24 + (local // 3600) % 24
     how = state["how"][m, slot].astype(np.float64)
     learned = state["how_n"][m, slot] > 0

@@ -18,6 +18,8 @@ from meterwatch.domain import Meter, MeterKind
 from meterwatch.holidays import day_type
 
 BATCH_UPLOAD_S = 6 * 3600  # meters uploading this rarely send many readings per upload
+# Zones of mainland China (the State Council's holiday calendar applies there).
+CHINA_ZONES = frozenset({"Asia/Shanghai", "Asia/Chongqing", "Asia/Harbin", "Asia/Urumqi", "PRC"})
 KIND_CODE = {kind: i for i, kind in enumerate(MeterKind)}
 
 PARAM_DTYPE = np.dtype(
@@ -28,6 +30,7 @@ PARAM_DTYPE = np.dtype(
         ("dma", np.int32),  # -1: none
         ("inlet", np.bool_),
         ("off_s", np.int32),  # UTC offset of the meter's zone
+        ("cn", np.bool_),  # the zone keeps China's public holidays
         ("expected_s", np.int32),
         ("enabled", np.uint16),  # TYPE_BIT of enabled alert types
         ("leak_thr", np.float32),  # m3/h above the normal minimum
@@ -39,6 +42,7 @@ PARAM_DTYPE = np.dtype(
         ("night_n", np.int16),
         ("leak_crit", np.float32),  # m3/h
         ("leak_crit_h", np.int32),
+        ("leak_hold_s", np.int64),
         ("burst_q", np.float32),  # m3/h
         ("burst_s", np.int32),
         ("hi_factor", np.float32),
@@ -77,6 +81,7 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["dma"] = dma
     r["inlet"] = inlet
     r["off_s"] = off_s
+    r["cn"] = meter.timezone in CHINA_ZONES
     r["expected_s"] = meter.expected_interval_s
     r["enabled"] = enabled
     r["leak_thr"] = t.leak_threshold_lph(meter.q3_m3h) / 1000.0
@@ -88,6 +93,7 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["night_n"] = t.leak_night_nights
     r["leak_crit"] = t.leak_critical_lph / 1000.0
     r["leak_crit_h"] = round(t.leak_critical_days * 24)
+    r["leak_hold_s"] = round(t.leak_clear_hold_h * 3600)
     r["burst_q"] = t.burst_q3_share * meter.q3_m3h
     r["burst_s"] = round(t.burst_min_min * 60)
     r["hi_factor"] = t.abnormal_high_factor
@@ -116,11 +122,18 @@ _FIRST_DAY = int(np.datetime64("2015-01-01", "D").astype(np.int64))
 _TYPES = day_type(np.arange(_FIRST_DAY, _FIRST_DAY + 17 * 366))
 
 
-def day_types(day: NDArray[np.integer]) -> NDArray[np.int8]:
-    """``meterwatch.holidays.day_type`` of local day numbers, by table where it reaches."""
+def day_types(day: NDArray[np.integer], cn: NDArray[np.bool_]) -> NDArray[np.int8]:
+    """Day types of local day numbers: the Chinese calendar (``meterwatch.holidays``) for meters
+    in mainland China, plain workdays and weekends elsewhere (no other calendar is known)."""
     d = np.asarray(day, np.int64)
     pos = d - _FIRST_DAY
     inside = (pos >= 0) & (pos < _TYPES.size)
     if inside.all():
-        return _TYPES[pos]
-    return np.where(inside, _TYPES[np.clip(pos, 0, _TYPES.size - 1)], day_type(d))
+        typed = _TYPES[pos]
+    else:
+        typed = np.where(inside, _TYPES[np.clip(pos, 0, _TYPES.size - 1)], day_type(d))
+    if cn.all():
+        return typed
+    weekend = ((d + 3) % 7 >= 5).astype(np.int8)  # 1970-01-01 was a Thursday
+    out: NDArray[np.int8] = np.where(cn, typed, weekend)
+    return out

@@ -32,6 +32,7 @@ STATE_DTYPE = np.dtype(
         ("leak_rate", np.float32),  # estimated leak, m3/h, while a leak is open
         ("leak_sev", np.int8),
         ("leak_day", np.int32),  # local day of the last leak update
+        ("leak_quiet", np.int64),  # end of the zero hour that may close the leak (-1: none)
         ("night_min", np.float32),
         ("night_run", np.int16),
         ("base_min", np.float32),  # learned normal minimum flow, m3/h
@@ -74,7 +75,16 @@ STATE_DTYPE = np.dtype(
 
 def new_states(n: int) -> NDArray[np.void]:
     s = np.zeros(n, dtype=STATE_DTYPE)
-    for name in ("first_ts", "last_ts", "hour", "day", "zero_since", "silent_at", "leak_day"):
+    for name in (
+        "leak_quiet",
+        "first_ts",
+        "last_ts",
+        "hour",
+        "day",
+        "zero_since",
+        "silent_at",
+        "leak_day",
+    ):
         s[name] = -1
     s["night_min"] = np.inf
     s["day_min"] = np.inf

@@ -268,7 +268,11 @@ def simulate(scn: Scenario) -> Simulation:
         for day, name in holidays_in(scn.start.date(), end.date())
         for start in [datetime.combine(day, datetime.min.time(), scn.start.tzinfo).astimezone(UTC)]
     ]
-    derived = behaviour_labels(meters, grid, counted, prof.drip_lph, labels)
+    # "No consumption" is what the meter shows: a register that does not move. Use below a litre
+    # in an interval moves the true count but not the register, so the registers decide.
+    registered = np.abs(np.diff(reg, axis=1, prepend=reg[:, :1]))
+    derived = behaviour_labels(meters, grid, registered, prof.drip_lph, labels)
+    del registered
     labels = labels + derived + noise + holidays
     return Simulation(scn, meters, modes, grid, state, reg, recording, labels)
 
@@ -276,7 +280,7 @@ def simulate(scn: Scenario) -> Simulation:
 def behaviour_labels(
     meters: list[Meter],
     grid: Grid,
-    counted: NDArray[np.float64],
+    moved: NDArray[np.float64],
     drip_lph: NDArray[np.float64],
     faults_labels: list[Label],
 ) -> list[Label]:
@@ -301,7 +305,7 @@ def behaviour_labels(
             params = {"rate_lph": round(float(drip_lph[i]), 2), "cause": "drip"}
             kind = "leak" if leak else "drip"
             out.append(Label(m.meter_id, kind, grid.iso(0), None, leak, params))
-        zero = np.concatenate(([False], counted[i, 1:] == 0, [False]))
+        zero = np.concatenate(([False], moved[i, 1:] == 0, [False]))
         edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
         for lo, hi in zip(edges[::2], edges[1::2], strict=True):
             if np.count_nonzero(workday_col[lo:hi]) >= week:

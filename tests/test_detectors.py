@@ -163,7 +163,7 @@ def leak_home(
 
 
 def test_constant_flow_raises_one_leak_a_day_after_onset_and_a_quiet_hour_clears_it() -> None:
-    alerts = run(HOMES[:1], lora("H0", quarters(leak_home())))
+    alerts = run(HOMES[:1], lora("H0", quarters(leak_home(days=7))))
     onset = at(hours=30)
     (leak,) = raised(alerts, "leak")
     assert onset + timedelta(hours=24) <= leak.detected_at <= onset + timedelta(hours=26)
@@ -173,6 +173,16 @@ def test_constant_flow_raises_one_leak_a_day_after_onset_and_a_quiet_hour_clears
     assert leak.estimated_loss_m3_per_day == pytest.approx(0.48, abs=0.05)
     (gone,) = cleared(alerts, "leak")
     assert gone.detected_at == at(hours=72)  # the end of hour 71, the first without the leak
+
+
+def test_a_leak_that_pauses_and_returns_within_the_hold_stays_one_alert() -> None:
+    use = leak_home(days=8)
+    use[90:160] += 20.0  # back 19 hours after the zero hour that ended its first run
+    alerts = run(HOMES[:1], lora("H0", quarters(use)))
+    flow = [a.cleared for a in alerts if a.type == "leak"]
+    assert flow[-1] and not any(flow[:-1])  # raised, repeated, cleared once: one episode
+    (gone,) = cleared(alerts, "leak")
+    assert gone.detected_at > at(hours=160)
 
 
 def test_a_home_with_quiet_nights_raises_nothing_in_two_weeks() -> None:
