@@ -289,7 +289,9 @@ def behaviour_labels(
     A home empty for a week or more shows no consumption, an alert the utility wants (vacant or
     stuck); a dripping tap at a leak's rate is a leak, and a slower one is labelled as noise.
     """
-    taken = {x.meter_id for x in faults_labels if x.meter_id != "*"}
+    # Meters with an injected fault are left to that fault's label (a vacant meter that also
+    # leaks would be ambiguous); noise events such as a busy day do not make vacancy ambiguous.
+    taken = {x.meter_id for x in faults_labels if x.meter_id != "*" and x.expect_alert}
     week = round(NO_CONSUMPTION_DAYS * 86400 / grid.interval_s)
     # Homes empty over a public holiday are travelling, not vacant: holiday days do not count
     # towards the week (Spring Festival alone empties a third of a city's homes).
