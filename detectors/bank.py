@@ -187,13 +187,14 @@ class Monitor:
         if c.size == 0:
             return
         meter, hour, cvol, gap = h.meter[c].astype(np.intp), h.hour[c], vol[c], h.gap[c]
+        low = h.low[c]
         pos = np.arange(c.size)
         rank = pos - np.maximum.accumulate(np.where(group_starts(meter.astype(np.int32)), pos, 0))
         by_rank = np.argsort(rank, kind="stable")
         bounds = np.searchsorted(rank[by_rank], np.arange(int(rank.max()) + 2))
         for r in range(bounds.size - 1):
             sel = by_rank[bounds[r] : bounds[r + 1]]
-            hour_step(ctx, meter[sel], hour[sel], cvol[sel], gap[sel])
+            hour_step(ctx, meter[sel], hour[sel], cvol[sel], gap[sel], low[sel])
 
     # -- rules on the watermark -----------------------------------------------------------------
     def _silent_back(self, ctx: Context, m: NDArray[np.int32], ts: NDArray[np.int64]) -> None:

@@ -78,7 +78,7 @@ class Thresholds:
     leak_night_nights: int = 3
     leak_critical_lph: float = 230.0
     leak_critical_days: float = 7.0
-    leak_clear_hold_h: float = 72.0
+    leak_clear_hold_h: float = 168.0
     burst_q3_share: float = 0.3
     burst_min_min: float = 30.0
     abnormal_high_factor: float = 2.0

@@ -38,7 +38,7 @@ def leak_threshold(
 
 def hour_step(
     ctx: Context, idx: NDArray[np.intp], hour: NDArray[np.int64], vol: NDArray[np.float64],
-    gap: NDArray[np.bool_],
+    gap: NDArray[np.bool_], low: NDArray[np.float64],
 ) -> None:  # fmt: skip
     st, pr = ctx.state, ctx.params
     local = hour * 3600 + pr["off_s"][idx]
@@ -64,7 +64,7 @@ def hour_step(
     st["day_gaps"][idx] += gap
     dtype = day_types(lday, pr["cn"][idx])
     _hour_of_week(st, idx, lday, lh, dtype, vol)
-    _leak(ctx, idx, hour, lday, lh, vol, gap)
+    _leak(ctx, idx, hour, lday, lh, np.minimum(vol, low), gap)
     _no_consumption(ctx, idx, hour, dtype, vol)
 
 

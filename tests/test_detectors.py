@@ -163,7 +163,7 @@ def leak_home(
 
 
 def test_constant_flow_raises_one_leak_a_day_after_onset_and_a_quiet_hour_clears_it() -> None:
-    alerts = run(HOMES[:1], lora("H0", quarters(leak_home(days=7))))
+    alerts = run(HOMES[:1], lora("H0", quarters(leak_home(days=11))))
     onset = at(hours=30)
     (leak,) = raised(alerts, "leak")
     assert onset + timedelta(hours=24) <= leak.detected_at <= onset + timedelta(hours=26)
@@ -176,7 +176,7 @@ def test_constant_flow_raises_one_leak_a_day_after_onset_and_a_quiet_hour_clears
 
 
 def test_a_leak_that_pauses_and_returns_within_the_hold_stays_one_alert() -> None:
-    use = leak_home(days=11)
+    use = leak_home(days=15)
     use[90:160] += 20.0  # back 19 hours after the zero hour that ended its first run
     alerts = run(HOMES[:1], lora("H0", quarters(use)))
     flow = [a.cleared for a in alerts if a.type == "leak"]
