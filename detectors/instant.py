@@ -55,9 +55,16 @@ def flags(
     has_battery = ~np.isnan(battery)
     low = has_battery & (battery < params["bat_low"][m])
     high = has_battery & (battery >= params["bat_low"][m] + BATTERY_HYSTERESIS_PCT)
+    open_flag = em.state["open_flag"][m]
     for alert_type, mask in FLAG_TYPES:
         flagged = (bits & np.uint8(mask)) != 0
-        initial = (em.state["open_flag"][m] & np.uint16(TYPE_BIT[alert_type])) != 0
+        initial = (open_flag & np.uint16(TYPE_BIT[alert_type])) != 0
+        if (
+            not flagged.any()
+            and not initial.any()
+            and (alert_type != "low_battery" or not low.any())
+        ):
+            continue  # nothing on and nothing open: no transition possible
         if alert_type == "low_battery":
             on = flagged | low
             on = ffill(on | high, on, first, initial)
@@ -105,19 +112,21 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
     q = params["burst_q"][m].astype(np.float64)
     need = params["burst_s"][m].astype(np.float64)
     flow = iv.volume / dt * 3600.0
-    normal = _normal_flow(state, params, m, iv.t1) * _day_level(state, m)
-    excess = flow - normal
+    carry_s = state["burst_s"][m].astype(np.float64)
     # Readings further apart than the burst duration must show burst-level flow on average over
     # the whole interval: 375 L within an hour is a bath and a wash, not necessarily a burst.
-    high = excess >= q
+    high = flow >= q  # the normal flow only lowers the excess: judge it for these rows alone
+    if not high.any() and not (carry_s > 0).any():
+        return  # nothing at burst level and no run to carry: every meter's state stays at rest
+    cand = np.flatnonzero(high)
+    normal = _normal_flow(state, params, m[cand], iv.t1[cand]) * _day_level(state, m[cand])
+    high[cand] = flow[cand] - normal >= q[cand]
     # Not judged: an interval spanning a gap (when did the water flow?) and a meter's first day
     # (its normal flow is not known yet; a plant's normal flow may exceed 30% of Q3).
     high &= (dt <= GAP_S) & (iv.t1 >= state["first_ts"][m] + 86400)
     high &= enabled(params, m, "burst")
     first = group_starts(iv.meter)
-    carry_s = state["burst_s"][m].astype(np.float64)
-    dur = dt
-    r = runs(high, first, carry_s, dur)
+    r = runs(high, first, carry_s, dt)
     vol = runs(high, first, np.where(carry_s > 0, state["burst_m3"][m], 0.0), iv.volume).total
     start_t = np.where(r.carried, state["burst_start"][m], iv.t0[r.start])
     cross = np.flatnonzero(high & (r.total >= need) & (r.before < need))
@@ -181,9 +190,12 @@ def reverse(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
         return
     state = em.state
     m = iv.meter.astype(np.intp)
-    back = (iv.kind == REVERSE) & enabled(params, m, "reverse_flow")
-    first = group_starts(iv.meter)
+    back = iv.kind == REVERSE
     carry_n = state["rev_n"][m].astype(np.float64)
+    if not back.any() and not (carry_n > 0).any():
+        return  # no decrease and no run to carry: every meter's state stays at rest
+    back &= enabled(params, m, "reverse_flow")
+    first = group_starts(iv.meter)
     n = runs(back, first, carry_n, np.ones(m.size))
     vol = runs(back, first, np.where(carry_n > 0, state["rev_m3"][m], 0.0), iv.reverse).total
     need_n = params["rev_n"][m].astype(np.float64)
