@@ -481,9 +481,12 @@ def _busy_day(c: _Ctx, m: int) -> Label | None:
 def _abnormal_high(c: _Ctx, m: int) -> Label | None:
     """A run of whole local days at ``factor`` times the customer's own use.
 
-    The rise is relative to the customer's pattern (a production run, a timer left on), so it
-    keeps the daily shape. Runs with a day of no use are skipped: that day would stay empty, and
-    a label for a rise the data never shows would score a detector for missing nothing.
+    The extra water is more of the customer's own activities (a second shift, guests, a tenant,
+    a production run): each day of the run gets ``factor - 1`` copies of whole earlier days of
+    the same meter added, so the day's volume rises by the factor while single uses keep their
+    size and time of day (scaling every interval would turn a shower into a 200 L burst). Runs
+    with a day of no use are skipped: a label for a rise the data never shows would score a
+    detector for missing nothing.
     """
     meter = c.meters[m]
     history = round(c.cfg.num("abnormal_high", "min_history_days") * 86400 / c.grid.interval_s)
@@ -498,10 +501,27 @@ def _abnormal_high(c: _Ctx, m: int) -> Label | None:
         return None
     first = int(starts[c.rng.integers(starts.size)])
     a, b = days[first][0], days[first + n - 1][1]
+    use = c.state.use[m]
+    run = days[first : first + n]
+    earlier = [
+        (x, y) for x, y in c.local_days(meter.timezone)
+        if y <= a and (y - x) == (run[0][1] - run[0][0]) and use[x + 1 : y + 1].sum() > 0
+    ]  # fmt: skip
+    if not earlier:
+        return None
     factor = _r(c.uniform("abnormal_high", "factor"))
-    seg = c.state.use[m, a + 1 : b + 1]
-    seg *= factor
-    np.minimum(seg, 1.25 * meter.q3_m3h * c.dt_h, out=seg)
+    whole, part = divmod(factor - 1.0, 1.0)
+    for da, db in run:
+        if db - da != run[0][1] - run[0][0]:
+            continue  # a day of another length (a clock change) keeps its own use
+        picks = c.rng.integers(len(earlier), size=int(whole) + 1)
+        extra = np.zeros(db - da)
+        for j, p in enumerate(picks):
+            x, y = earlier[int(p)]
+            extra += use[x + 1 : y + 1] * (part if j == int(whole) else 1.0)
+        seg = use[da + 1 : db + 1]
+        seg += extra
+        np.minimum(seg, 1.25 * meter.q3_m3h * c.dt_h, out=seg)
     return _label(c, m, "abnormal_high", a, c.iso(b), factor=factor, days=n)
 
 
