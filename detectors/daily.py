@@ -73,7 +73,7 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)
     base = _baseline(st, idx, dtype)
     _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf))
-    warm = (st["days"][idx] >= pr["warmup"][idx]) & ~np.isnan(base)
+    warm = (st["days"][idx] >= pr["warmup"][idx]) & (np.nan_to_num(base) >= pr["base_least"][idx])
     # Water a constant flow explains (a leak, known or not yet) is not "more use": homes drop
     # their quietest hour times 24, meters with a learned minimum their open leak's estimate.
     floor = np.where(

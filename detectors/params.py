@@ -47,6 +47,7 @@ PARAM_DTYPE = np.dtype(
         ("burst_s", np.int32),
         ("hi_factor", np.float32),
         ("hi_min", np.float32),
+        ("base_least", np.float32),
         ("lo_factor", np.float32),
         ("hi_days", np.int8),
         ("lo_days", np.int8),
@@ -98,6 +99,7 @@ def record(meter: Meter, t: Thresholds, dma: int, inlet: bool, off_s: int) -> ND
     r["burst_s"] = round(t.burst_min_min * 60)
     r["hi_factor"] = t.abnormal_high_factor
     r["hi_min"] = t.abnormal_high_min_m3
+    r["base_least"] = t.abnormal_min_baseline_m3
     r["lo_factor"] = t.abnormal_low_factor
     r["hi_days"] = t.abnormal_days
     r["lo_days"] = t.abnormal_low_days
