@@ -27,7 +27,9 @@ import paho.mqtt.client as mqtt
 import psycopg
 from psycopg import sql
 
+from detectors.config import FleetSettings, ThresholdBook
 from ingest.consumer import Ingest, IngestConfig
+from ingest.detection import Detection, DetectionConfig
 from meterwatch.codec import uplink_filter
 from meterwatch.embedded import start_broker, start_postgres
 from meterwatch.mqtt import BrokerAddress, connect_properties, make_client
@@ -93,11 +95,20 @@ def baseline(url: str, opts: argparse.Namespace, expected: int) -> float:
     return published / (got["last"] - t0)
 
 
-def ingest_rate(url: str, db_url: str, opts: argparse.Namespace, expected: int) -> float:
+def ingest_rate(
+    url: str, db_url: str, opts: argparse.Namespace, expected: int, *, detectors: bool = False
+) -> float:
     prefix = f"bench/{uuid.uuid4().hex[:8]}/"
+    detection = None
+    if detectors:
+        detection = Detection(
+            DetectionConfig(database_url=db_url, thresholds=ThresholdBook(), fleet=FleetSettings())
+        )
+        detection.start()
     ingest = Ingest(
         IngestConfig(database_url=db_url, broker=BrokerAddress.parse(url), prefix=prefix,
-                     client_id=f"bench-ingest-{uuid.uuid4().hex[:6]}")
+                     client_id=f"bench-ingest-{uuid.uuid4().hex[:6]}"),
+        detection=detection,
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=ingest.run, args=(stop,))
@@ -137,25 +148,34 @@ def main() -> None:
         broker = start_broker(tmp / "broker")
         pg = start_postgres(tmp, keep=False)
         server_url, mqtt_url = pg.url, broker.url
-    name = f"mw_bench_{uuid.uuid4().hex[:8]}"
+    names = [f"mw_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    urls = []
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db_url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            urls.append(psycopg.conninfo.make_conninfo(server_url, dbname=name))
     try:
-        with connect(db_url) as conn:
-            migrate(conn, timescale="off")
+        for db_url in urls:
+            with connect(db_url) as conn:
+                migrate(conn, timescale="off")
         base = baseline(mqtt_url, opts, expected)
-        rate = ingest_rate(mqtt_url, db_url, opts, expected)
+        rate = ingest_rate(mqtt_url, urls[0], opts, expected)
+        with_detectors = ingest_rate(mqtt_url, urls[1], opts, expected, detectors=True)
         where = "embedded" if opts.embedded else "local services"
         print(f"ingest rate ({where}: {mqtt_url}, {expected} readings, "
               f"{opts.per_message}/message, {opts.publishers} publisher processes)")  # fmt: skip
         print(f"  baseline (count + ack only): {base:10.0f} readings/s")
         print(f"  ingest (validate, COPY, consumption, ack after commit): {rate:10.0f} readings/s")
+        print(
+            f"  ingest with detectors (bank, alerts, checkpoints): {with_detectors:10.0f} readings/s"
+        )
         print(f"  ingest / baseline: {rate / base:.2f}")
+        print(f"  with detectors / without: {with_detectors / rate:.2f} (target >= 0.80)")
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))  # fmt: skip
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))  # fmt: skip
         if broker is not None:
             broker.stop()
         if pg is not None:
