@@ -29,6 +29,7 @@ HOURS = 24
 N_FEATURES = HOURS + 1
 FORMAT_VERSION = 1
 KEEP_MODELS = 16  # (group, day) models kept: a few groups times the one or two days being closed
+REFIT_DAYS = 7  # a model serves a week (days D..D+6, D a multiple of 7 since 1970)
 # Rows per tree. sklearn's 256 caps trees at depth 8, where a day unlike all others and the rarest
 # ordinary ones end up at nearly the same depth; 1024 roughly doubled the gap between them on
 # simulated fleets and halved the false alarms on the mixed commercial group.
@@ -129,8 +130,16 @@ class FleetOutliers:
         for gi, di, rows in _by_group_day(g, d, ok & (d >= oldest)):
             keys = _content_keys(self.seed, gi, di, raw[rows])
             if self._merge(gi, di, x[rows], keys):
-                for D in range(di + 2, di + self.history_days + 1):
-                    self._models.pop((gi, D), None)
+                # Models whose training window holds that day are stale now.
+                for key in [
+                    k
+                    for k in self._models
+                    if k[0] == gi
+                    and _window(k[1], self.history_days)[0]
+                    <= di
+                    < _window(k[1], self.history_days)[1]
+                ]:
+                    del self._models[key]
         for key in [k for k in self._days if k[1] < oldest]:
             del self._days[key]
 
@@ -241,15 +250,14 @@ class FleetOutliers:
         return True
 
     def _model(self, group: int, day: int) -> IsolationForest | None:
+        """The model for ``day``: refitted once a week (``REFIT_DAYS``), on the days before."""
+        day = day - day % REFIT_DAYS
         key = (group, day)
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        parts = [
-            self._days[(group, d)][0]
-            for d in range(day - self.history_days, day - 1)
-            if (group, d) in self._days
-        ]
+        lo, hi = _window(day, self.history_days)
+        parts = [self._days[(group, d)][0] for d in range(lo, hi) if (group, d) in self._days]
         n = sum(len(p) for p in parts)
         model: IsolationForest | None = None
         if n >= self.min_rows:
@@ -263,6 +271,12 @@ class FleetOutliers:
         while len(self._models) > KEEP_MODELS:
             self._models.popitem(last=False)
         return model
+
+
+def _window(anchor: int, history_days: int) -> tuple[int, int]:
+    """Training days [lo, hi) of the model anchored at ``anchor``: D-history..D-2 (D-1 may still
+    be incomplete when day D is scored)."""
+    return anchor - history_days, anchor - 1
 
 
 def _check(
