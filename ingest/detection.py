@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from detectors.config import FleetSettings, ThresholdBook
 from meterwatch.domain import Meter, MeterKind
 from storage.alerts import apply_alerts, load_meta, load_states, save_meta, save_states
 from storage.db import connect
+from storage.history import day_profiles
 from storage.writer import Message
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class DetectionConfig:
     fleet: FleetSettings
     checkpoint_interval_s: float = 60.0
     registry_refresh_s: float = 60.0
+    timezone: str = "Asia/Shanghai"  # local days of the stored history the fleet model learns
+    history_days: int = 16
 
 
 def load_meters(conn: psycopg.Connection[Any]) -> list[Meter]:
@@ -70,8 +74,25 @@ class Detection:
         used = self.monitor.restore(load_states(conn))
         meta = {k: v for k in META_KEYS if (v := load_meta(conn, k)) is not None}
         self.monitor.restore_global(meta)
+        if "fleet" not in meta:
+            self._seed_fleet_model(conn)
         self._next_registry = time.monotonic() + self.config.registry_refresh_s
         log.info("detectors: %d meters, %d resumed from checkpoint", len(self.monitor), used)
+
+    def _seed_fleet_model(self, conn: psycopg.Connection[Any]) -> None:
+        """Train the fleet-outlier model from stored days when there is no checkpoint of it."""
+        fleet = self.monitor.fleet
+        row = conn.execute("SELECT max(ts) FROM readings").fetchone()
+        if fleet is None or row is None or row[0] is None:
+            return
+        until = row[0]
+        ids, days, profiles = day_profiles(
+            conn, since=until - timedelta(days=self.config.history_days), until=until,
+            timezone=self.config.timezone,
+        )  # fmt: skip
+        if ids:
+            fleet.seed_history(self.monitor.params["kind"][self.monitor.index(ids)], days, profiles)
+            log.info("fleet model: %d stored meter-days", len(ids))
 
     def process(self, messages: list[Message]) -> None:
         """Run the bank on a committed batch; its alerts wait for :meth:`flush`."""

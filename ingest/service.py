@@ -68,6 +68,7 @@ def detection_from(settings: Settings) -> Detection | None:
             thresholds=ThresholdBook.load(settings.detector_config),
             fleet=FleetSettings(dma_lateness_h=settings.dma_lateness_h),
             checkpoint_interval_s=settings.detector_checkpoint_s,
+            timezone=settings.timezone,
         )
     )
     detection.start()

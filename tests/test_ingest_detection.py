@@ -137,3 +137,24 @@ def test_ingest_stores_alerts_checkpoints_at_stop_and_a_new_worker_resumes(
         second.close()
     (tamper,) = read_alerts(db, types=["tamper"])
     assert (tamper.status, tamper.resolved_at) == ("resolved", ts(STEPS))
+
+
+def test_a_worker_without_a_checkpoint_trains_the_fleet_model_from_stored_days(
+    db_url: str,
+) -> None:
+    from storage.writer import Writer
+    from tests.test_fleet import _write_meter
+
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    with psycopg.connect(db_url) as conn:
+        writer = Writer(conn)
+        for i in range(3):
+            _write_meter(writer, f"F-{i}", start, start + timedelta(days=4))
+        conn.commit()
+    det = detection(db_url)
+    det.start()
+    assert det.monitor.fleet is not None
+    # Three whole local days; the three meters' days are identical, and the sample keeps a
+    # meter-day by its content, so each day counts once.
+    assert det.monitor.fleet.stored_rows() == 3
+    det.close()
