@@ -25,11 +25,13 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from detectors.alert import SEVERITY_RANK, Alert, Severity
+from storage.queries import ALERT_COLUMNS, AlertRow
 
 COPY_MIN = 500  # from this many states on, a binary COPY beats one statement with arrays
 
@@ -81,10 +83,6 @@ WITH staged AS (DELETE FROM mw_stage_detector_state RETURNING meter_id, state)
 INSERT INTO detector_state (meter_id, state) SELECT meter_id, state FROM staged
 {ON_STATE_CONFLICT}"""
 
-ALERT_COLUMNS = """id, tenant, meter_id, dma, type, severity, status, started_at, detected_at,
-    last_seen_at, resolved_at, resolution, evidence, estimated_loss_m3_per_day,
-    estimated_cost_cny_per_day, occurrences"""
-
 
 @dataclass(slots=True)
 class AlertChanges:
@@ -101,24 +99,8 @@ class AlertChanges:
     ids: list[int] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredAlert:
-    id: int
-    tenant: str
-    meter_id: str
-    dma: str | None
-    type: str
-    severity: str
-    status: str
-    started_at: datetime
-    detected_at: datetime
-    last_seen_at: datetime
-    resolved_at: datetime | None
-    resolution: str | None
-    evidence: dict[str, Any]
-    estimated_loss_m3_per_day: float | None
-    estimated_cost_cny_per_day: float | None
-    occurrences: int
+# An alert as stored: the same row the API reads (``storage.queries.AlertRow``).
+StoredAlert = AlertRow
 
 
 @dataclass(slots=True)
@@ -323,11 +305,13 @@ def read_alerts(
     """Alerts detected in ``[since, until)`` of the given types, oldest first, for scoring."""
     with conn.cursor(row_factory=class_row(StoredAlert)) as cur:
         cur.execute(
-            f"""SELECT {ALERT_COLUMNS} FROM alerts
-                WHERE (%(since)s::timestamptz IS NULL OR detected_at >= %(since)s)
-                  AND (%(until)s::timestamptz IS NULL OR detected_at < %(until)s)
-                  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
-                ORDER BY detected_at, id""",
+            sql.SQL(
+                """SELECT {cols} FROM alerts
+                   WHERE (%(since)s::timestamptz IS NULL OR detected_at >= %(since)s)
+                     AND (%(until)s::timestamptz IS NULL OR detected_at < %(until)s)
+                     AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+                   ORDER BY detected_at, id"""
+            ).format(cols=ALERT_COLUMNS),
             {"since": since, "until": until, "types": None if types is None else list(types)},
         )
         return cur.fetchall()

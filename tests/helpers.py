@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import paho.mqtt.client as mqtt
 
 from ingest.consumer import Ingest, IngestConfig
+from ingest.detection import Detection
 from meterwatch.mqtt import BrokerAddress, make_client, session_args
 from storage.db import connect
 
@@ -72,8 +73,10 @@ class Publisher:
 
 
 @contextmanager
-def running_ingest(config: IngestConfig) -> Iterator[Ingest]:
-    ingest = Ingest(config)
+def running_ingest(config: IngestConfig, detection: Detection | None = None) -> Iterator[Ingest]:
+    if detection is not None:
+        detection.start()
+    ingest = Ingest(config, detection=detection)
     stop = threading.Event()
     thread = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
     thread.start()

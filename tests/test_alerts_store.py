@@ -90,6 +90,7 @@ def test_raise_repeat_clear_raise(db: psycopg.Connection[Any], meters: None) -> 
         "started_at": at(0), "detected_at": at(1), "last_seen_at": at(2), "resolved_at": at(3),
         "resolution": "cleared", "evidence": {"min_flow_lph": 41.0},
         "estimated_loss_m3_per_day": 2.0, "estimated_cost_cny_per_day": 8.0, "occurrences": 2,
+        "message": {},
     }  # fmt: skip
     assert (second.status, second.started_at, second.detected_at, second.last_seen_at) == (
         "open", at(4), at(5), at(5)

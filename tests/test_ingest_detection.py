@@ -3,9 +3,6 @@ checkpoint that a new detection worker resumes from."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from detectors.config import FleetSettings, ThresholdBook
-from ingest.consumer import Ingest, IngestConfig
+from ingest.consumer import IngestConfig
 from ingest.detection import Detection, DetectionConfig
 from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
 from meterwatch.domain import Meter
@@ -23,7 +20,7 @@ from meterwatch.settings import Settings
 from storage.alerts import load_meta, load_states, read_alerts
 from storage.registry import upsert_meters
 from storage.writer import Message
-from tests.helpers import Publisher, count, wait_until
+from tests.helpers import Publisher, count, running_ingest, wait_until
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 METERS = [Meter("WD-REV"), Meter("WD-TAMP"), Meter("WD-OK")]
@@ -68,22 +65,6 @@ def detection(db_url: str) -> Detection:
     )
 
 
-@contextmanager
-def running_ingest_with(config: IngestConfig, det: Detection) -> Iterator[Ingest]:
-    det.start()
-    ingest = Ingest(config, detection=det)
-    stop = threading.Event()
-    thread = threading.Thread(target=ingest.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        assert ingest.ready.wait(20), "ingest did not subscribe"
-        yield ingest
-    finally:
-        stop.set()
-        thread.join(30)
-        assert not thread.is_alive(), "ingest did not stop"
-
-
 def test_ingest_stores_alerts_checkpoints_at_stop_and_a_new_worker_resumes(
     db_url: str, mqtt_url: str, topic_prefix: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -91,7 +72,7 @@ def test_ingest_stores_alerts_checkpoints_at_stop_and_a_new_worker_resumes(
     db.commit()
     msgs = messages(topic_prefix)
     first = detection(db_url)
-    with running_ingest_with(ingest_config(db_url, mqtt_url, topic_prefix), first) as ingest:
+    with running_ingest(ingest_config(db_url, mqtt_url, topic_prefix), first) as ingest:
         pub = Publisher(mqtt_url)
         pub.publish_all(msgs)
         pub.flush()
