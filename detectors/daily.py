@@ -94,7 +94,9 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     _learn_day(st, idx[learn], dtype[learn], use[learn])
     st["days"][idx] = np.minimum(st["days"][idx] + 1, 30000)
     if ctx.fleet is not None:
-        fo = enabled(pr, idx, "fleet_outlier") & (vol > 0)
+        # Public holidays are not compared with ordinary days (a city's Spring Festival day is
+        # unlike the weeks the model learned from), nor learned from.
+        fo = enabled(pr, idx, "fleet_outlier") & (vol > 0) & (dtype < DayType.HOLIDAY)
         if fo.any():
             k = idx[fo]
             hours = (start[fo] // 3600)[:, None] + np.arange(24)[None, :]
