@@ -1,8 +1,10 @@
 """``meterwatch demo``: the whole pipeline on one machine with nothing but Python.
 
 Embedded PostgreSQL and broker unless URLs are given, then migrate, register a simulated fleet,
-run ingest and the API, publish the fleet over MQTT in event time, and (with ``--exit``) wait until
-every published reading is stored and print a JSON summary as the last line.
+run ingest (with the detectors) and the API, publish the fleet over MQTT in event time, and (with
+``--exit``) wait until every published reading is stored and print a JSON summary as the last line.
+The fleet's last meter springs a 20 L/h leak a quarter of the way in, so a run of a day and a half
+or more shows a leak alert end to end (``alerts`` in the summary, ``/api/v1/alerts``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import uvicorn
 
@@ -34,7 +37,7 @@ from meterwatch.embedded import (
 )
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
-from simulators.fleet import generate, make_fleet
+from simulators.fleet import FleetSeries, generate, make_fleet
 from simulators.publish import publish_fleet
 from storage.alerts import count_by_type
 from storage.db import connect
@@ -135,6 +138,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         series = generate(
             fleet, start=start, days=opts.days, interval_min=opts.interval_min, seed=opts.seed
         )
+        _spring_a_leak(series, meter=len(fleet) - 1)
         ids = [m.meter_id for m in fleet]
 
         ingest = Ingest(config_from(settings), detection=detection_from(settings))
@@ -214,3 +218,14 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
             pg.stop()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+DEMO_LEAK_LPH = 20.0
+
+
+def _spring_a_leak(series: FleetSeries, meter: int) -> None:
+    """A constant leak on one meter from a quarter of the way in (whole litres on the register)."""
+    steps = series.ts.size
+    start = steps // 4
+    hours = (series.ts[start:] - series.ts[start]) / 3600.0
+    series.register_m3[meter, start:] += np.floor(hours * DEMO_LEAK_LPH) / 1000.0

@@ -103,6 +103,7 @@ _PARAMS: dict[str, dict[str, Param]] = {
     "battery": {"start_pct": (90.0, 100.0), "drift_pct_per_30d": (0.2, 1.5), "noise_pct": 0.3},
 }
 WAKING_FROM_H = 6
+SHIFT_H = 3.0
 _SCALARS: dict[str, float] = {"warmup_days": 2.0, "dma_leak_share": 0.25}
 
 
@@ -484,10 +485,10 @@ def _abnormal_high(c: _Ctx, m: int) -> Label | None:
 
     The extra water is more of the customer's own activities (a second shift, guests, a tenant,
     a production run): each day of the run gets ``factor - 1`` copies of the waking hours
-    (06:00-24:00) of earlier days of the same meter added, so the day's volume rises by about the
-    factor while single uses keep their size and time of day (scaling every interval would turn
-    a shower into a 200 L burst, and copied nights would look like a leak). Runs
-    with a day of no use are skipped: a label for a rise the data never shows would score a
+    (06:00-24:00) of earlier days of the same meter added, each moved by up to 3 hours, so the
+    day's volume rises by about the factor while single uses keep their size (scaling every
+    interval would turn a shower into a 200 L burst, and copied nights would look like a leak).
+    Runs with a day of no use are skipped: a label for a rise the data never shows would score a
     detector for missing nothing.
     """
     meter = c.meters[m]
@@ -520,7 +521,10 @@ def _abnormal_high(c: _Ctx, m: int) -> Label | None:
         extra = np.zeros(db - da)
         for j, p in enumerate(picks):
             x, y = earlier[int(p)]
-            extra += use[x + 1 : y + 1] * (part if j == int(whole) else 1.0)
+            # The same activities, not at the same minute: each copy moves up to 3 hours.
+            shift = int(c.rng.integers(-c.cols(SHIFT_H), c.cols(SHIFT_H) + 1))
+            copy = np.roll(use[x + 1 : y + 1], shift)
+            extra += copy * (part if j == int(whole) else 1.0)
         # Intervals ending 06:15..24:00 local: the extra activities happen while people are up.
         local_hour = local_seconds(c.grid.ts[da:db], meter.timezone) % 86400 // 3600
         extra[local_hour < WAKING_FROM_H] = 0.0
