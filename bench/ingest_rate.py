@@ -166,9 +166,7 @@ def main() -> None:
               f"{opts.per_message}/message, {opts.publishers} publisher processes)")  # fmt: skip
         print(f"  baseline (count + ack only): {base:10.0f} readings/s")
         print(f"  ingest (validate, COPY, consumption, ack after commit): {rate:10.0f} readings/s")
-        print(
-            f"  ingest with detectors (bank, alerts, checkpoints): {with_detectors:10.0f} readings/s"
-        )
+        print(f"  ingest with detectors (bank, alerts, state): {with_detectors:10.0f} readings/s")
         print(f"  ingest / baseline: {rate / base:.2f}")
         print(f"  with detectors / without: {with_detectors / rate:.2f} (target >= 0.80)")
     finally:
