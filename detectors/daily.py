@@ -20,6 +20,7 @@ from meterwatch.holidays import DayType
 if TYPE_CHECKING:
     from detectors.bank import Context
 
+FIRST_HOLIDAY = 1.5  # a first holiday of its kind is compared with 1.5 x the busier usual day
 FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change) is not judged
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
@@ -72,6 +73,11 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     end = start + 86400
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)
     base = _baseline(st, idx, dtype)
+    # A holiday of a kind the meter has not lived through yet is judged with care: how a
+    # household spends its first Spring Festival is only guessed from its other days.
+    own = st["day_n"][idx, dtype.astype(np.intp)] >= 2
+    guess = np.fmax(st["day_base"][idx, DayType.WORKDAY], st["day_base"][idx, DayType.WEEKEND])
+    base = np.where((dtype >= DayType.HOLIDAY) & ~own, np.fmax(base, FIRST_HOLIDAY * guess), base)
     _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf))
     warm = (st["days"][idx] >= pr["warmup"][idx]) & (np.nan_to_num(base) >= pr["base_least"][idx])
     # Water a constant flow explains (a leak, known or not yet) is not "more use": homes drop
