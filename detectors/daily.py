@@ -25,7 +25,7 @@ FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
 LEAK_LEARN_DAYS = 3
-SUSTAINED = 1.5  # every day of an abnormal_high window is at least this times its baseline
+SUSTAINED = 1.25  # each day of an abnormal_high window is at least this times its baseline
 WINDOW = 7  # days of use kept for the abnormal_high window (abnormal_days <= 7)
 LEAK_EXPLAINED = 2.0  # a leak's day excess is about its rate x 24 h; much more is more use
 LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called
