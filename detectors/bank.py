@@ -27,9 +27,17 @@ from detectors.batch import Batch, from_messages
 from detectors.config import FleetSettings, ThresholdBook
 from detectors.dma import DmaBalance
 from detectors.emit import Emitter, enabled, is_open
+from detectors.fleet import FleetOutliers
 from detectors.hourly import hour_step
 from detectors.params import BATCH_UPLOAD_S, PARAM_DTYPE, record, utc_offset_s
-from detectors.registers import accepted, group_last, group_starts, hourly, intervals
+from detectors.registers import (
+    Intervals,
+    accepted,
+    group_last,
+    group_starts,
+    hourly,
+    intervals,
+)
 from detectors.state import STATE_DTYPE, new_states, pack, unpack
 from meterwatch.domain import Meter, MeterKind, Reading
 
@@ -46,7 +54,7 @@ class Context:
     params: NDArray[np.void]
     emit: Emitter
     dma: DmaBalance
-    fleet: Any  # detectors.fleet.FleetOutliers | None
+    fleet: FleetOutliers | None
     fleet_days: list[
         tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]
     ] = field(default_factory=list)
@@ -150,10 +158,9 @@ class Monitor:
             ctx.emit, params, m[st], ts[st], b.flags[order][st], b.battery[order][st],
             b.span_start[order][st],
         )  # fmt: skip
-        new = ~state["seen"][m] & group_starts(m)
-        state["first_ts"][m[new]] = np.minimum.reduceat(ts, np.flatnonzero(group_starts(m)))[
-            ~state["seen"][m[group_starts(m)]]
-        ]
+        starts = np.flatnonzero(group_starts(m))
+        fresh = ~state["seen"][m[starts]]
+        state["first_ts"][m[starts][fresh]] = np.minimum.reduceat(ts, starts)[fresh]
         ok = accepted(m, ts, state["last_ts"])
         iv = intervals(
             m, ts, reg, ok, state["last_ts"], state["last_reg"], params["q3"], params["reg_max"]
@@ -165,10 +172,10 @@ class Monitor:
         state["seen"][m] = True
         instant.bursts(ctx.emit, params, iv)
         instant.reverse(ctx.emit, params, iv)
-        self._silent_back(ctx, m, ts)
+        self._silent_back(ctx, m[starts], ts[starts])
         self._hours(ctx, iv)
 
-    def _hours(self, ctx: Context, iv: Any) -> None:
+    def _hours(self, ctx: Context, iv: Intervals) -> None:
         state = ctx.state
         h = hourly(iv)
         if h.meter.size == 0:
@@ -197,15 +204,17 @@ class Monitor:
             hour_step(ctx, meter[sel], hour[sel], cvol[sel], gap[sel], low[sel])
 
     # -- rules on the watermark -----------------------------------------------------------------
-    def _silent_back(self, ctx: Context, m: NDArray[np.int32], ts: NDArray[np.int64]) -> None:
+    def _silent_back(
+        self, ctx: Context, meters: NDArray[np.int32], first_ts: NDArray[np.int64]
+    ) -> None:
+        """Meters of the batch (one row each, with their first message's time in arrival order)
+        that were silent are back: cleared at that first message."""
         state = ctx.state
-        last = group_last(m)
-        back = m[last][state["silent_at"][m[last]] >= 0].astype(np.intp)
-        if back.size:
-            first_back = ts[group_starts(m)]  # the meter's first message back, in arrival order
-            at = first_back[state["silent_at"][m[last]] >= 0]
-            ctx.emit.clear("silent", back, at)
-            state["silent_at"][back] = -1
+        back = state["silent_at"][meters] >= 0
+        if back.any():
+            k = meters[back].astype(np.intp)
+            ctx.emit.clear("silent", k, first_ts[back])
+            state["silent_at"][k] = -1
 
     def _watermark_rules(self, ctx: Context, b: Batch) -> None:
         state, params = ctx.state, ctx.params
@@ -254,7 +263,8 @@ class Monitor:
                 )  # fmt: skip
 
     def _fleet(self, ctx: Context) -> None:
-        if self.fleet is None or not ctx.fleet_days:
+        model = self.fleet
+        if model is None or not ctx.fleet_days:
             return
         state, params = ctx.state, ctx.params
         k = np.concatenate([d[0] for d in ctx.fleet_days])
@@ -262,8 +272,8 @@ class Monitor:
         prof = np.concatenate([d[2] for d in ctx.fleet_days]).astype(np.float32)
         end = np.concatenate([d[3] for d in ctx.fleet_days])
         group = params["kind"][k]
-        scores, outlier = self.fleet.score_days(group, day, prof)
-        self.fleet.add_days(group, day, prof)
+        scores, outlier = model.score_days(group, day, prof)
+        model.add_days(group, day, prof)
         for d in np.unique(day):
             rows = np.flatnonzero(day == d)
             kk = k[rows]
@@ -275,21 +285,10 @@ class Monitor:
                 mh = k[hit]
                 ctx.emit.raise_(
                     "fleet_outlier", mh, state["fo_start"][mh], end[hit], 0,
-                    self._fleet_evidence(scores[hit], group[hit], prof[hit]),
+                    _fleet_evidence(model, scores[hit], group[hit], prof[hit]),
                 )  # fmt: skip
             gone = rows[(run == 0) & is_open(state, kk, "fleet_outlier")]
             ctx.emit.clear("fleet_outlier", k[gone], end[gone])
-
-    def _fleet_evidence(
-        self, scores: NDArray[np.float32], group: NDArray[np.int8], prof: NDArray[np.float32]
-    ) -> Callable[[int], dict[str, Any]]:
-        def evidence(j: int) -> dict[str, Any]:
-            return {
-                "score": round(float(scores[j]), 4),
-                **self.fleet.explain(int(group[j]), prof[j]),
-            }
-
-        return evidence
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, *, everything: bool = False) -> dict[str, bytes]:
@@ -328,7 +327,7 @@ class Monitor:
         if "dma" in data:
             self.dma = DmaBalance.from_bytes(self.settings, data["dma"])
         if "fleet" in data and self.fleet is not None:
-            self.fleet = type(self.fleet).from_bytes(data["fleet"])
+            self.fleet = FleetOutliers.from_bytes(data["fleet"])
 
     @staticmethod
     def state_size() -> int:
@@ -341,14 +340,18 @@ def _quartile_top(last: NDArray[np.int64]) -> int:
     return int(np.partition(last, last.size - k)[last.size - k])
 
 
-def _fleet_model(settings: FleetSettings) -> Any:
-    if not settings.fleet_outliers:
-        return None
-    try:
-        from detectors.fleet import FleetOutliers
-    except ImportError:  # the model module is optional while scikit-learn is absent
-        return None
-    return FleetOutliers(seed=settings.seed)
+def _fleet_model(settings: FleetSettings) -> FleetOutliers | None:
+    return FleetOutliers(seed=settings.seed) if settings.fleet_outliers else None
+
+
+def _fleet_evidence(
+    model: FleetOutliers, scores: NDArray[np.float32], group: NDArray[np.int8],
+    prof: NDArray[np.float32],
+) -> Callable[[int], dict[str, Any]]:  # fmt: skip
+    def evidence(j: int) -> dict[str, Any]:
+        return {"score": round(float(scores[j]), 4), **model.explain(int(group[j]), prof[j])}
+
+    return evidence
 
 
 def _constant(value: Any) -> Callable[[int], Any]:
