@@ -25,17 +25,6 @@ ZERO_M3 = 0.0005  # half a litre: registers count whole litres
 EPS_M3 = 1e-6
 
 
-def leak_threshold(
-    state: NDArray[np.void], params: NDArray[np.void], idx: NDArray[np.intp]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    """(normal minimum m3/h, leak threshold m3/h, whether the meter can be judged yet)."""
-    learn = params["leak_learn"][idx]
-    base = np.where(learn, state["base_min"][idx], 0.0).astype(np.float64)
-    margin = np.maximum(params["leak_thr"][idx], params["leak_margin"][idx] * base)
-    ready = ~learn | (state["base_n"][idx] >= 2)
-    return base, base + margin, ready
-
-
 def hour_step(
     ctx: Context, idx: NDArray[np.intp], hour: NDArray[np.int64], vol: NDArray[np.float64],
     gap: NDArray[np.bool_], low: NDArray[np.float64],
@@ -92,7 +81,7 @@ def _leak(
     filled in from a long gap between readings says nothing about when water flowed: it neither
     extends nor breaks a run."""
     st, pr = ctx.state, ctx.params
-    base, thr, _ = leak_threshold(st, pr, idx)
+    thr = pr["leak_thr"][idx].astype(np.float64)  # above zero: a home's normal minimum is 0
     on = enabled(pr, idx, "leak") & ~pr["leak_learn"][idx]
     above = on & (vol >= thr - EPS_M3)
     # A gap's hours share its volume evenly. If even that share is below the threshold, some hour
@@ -113,7 +102,7 @@ def _leak(
         mins = np.where(
             np.arange(24)[None, :] < window[:, None], st["ring"][k[:, None], hours], np.inf
         )
-        rate = np.maximum(mins.min(axis=1) - base[rows], 0.0)
+        rate = mins.min(axis=1)
         sev = np.where(
             (rate >= pr["leak_crit"][k]) | (run[rows] >= pr["leak_crit_h"][k]), 2, 1
         ).astype(np.int8)
@@ -129,8 +118,8 @@ def _leak(
                 lambda j: {
                     "rule": "continuous_flow",
                     "leak_lph": round(float(rr[j]) * 1000.0, 1),
-                    "min_flow_lph": round(float(rr[j] + base[r[j]]) * 1000.0, 1),
-                    "normal_min_lph": round(float(base[r[j]]) * 1000.0, 1),
+                    "min_flow_lph": round(float(rr[j]) * 1000.0, 1),
+                    "normal_min_lph": 0.0,
                     "threshold_lph": round(float(thr[r[j]]) * 1000.0, 1),
                     "window_h": int(run[r[j]]),
                 },
@@ -156,7 +145,7 @@ def _leak(
         if hit.any():
             r = closing[hit]
             kk = idx[r]
-            rate = np.maximum(nm[hit] - base[r], 0.0)
+            rate = nm[hit]
             nn = nights[hit].astype(np.int64)
             ctx.emit.raise_(
                 "leak", kk, (hour[r] + 1) * 3600 - nn * 86400, end[r], 1,
@@ -165,7 +154,7 @@ def _leak(
                     "nights": int(nn[j]),
                     "leak_lph": round(float(rate[j]) * 1000.0, 1),
                     "night_min_flow_lph": round(float(nm[hit][j]) * 1000.0, 1),
-                    "normal_min_lph": round(float(base[r[j]]) * 1000.0, 1),
+                    "normal_min_lph": 0.0,
                     "threshold_lph": round(float(thr[r[j]]) * 1000.0, 1),
                 },
                 lambda j: round(float(rate[j]) * 24.0, 3),
@@ -177,7 +166,7 @@ def _leak(
     # that wavers around the threshold stays one alert instead of reopening every day.
     # The alert closes once no leak has come back for leak_hold hours after that zero hour, so a
     # leak that stops now and then stays one alert.
-    quiet = opened & on & ~gap & (vol < base + ZERO_M3) & (st["leak_quiet"][idx] < 0)
+    quiet = opened & on & ~gap & (vol < ZERO_M3) & (st["leak_quiet"][idx] < 0)
     st["leak_quiet"][idx] = np.where(quiet, end, st["leak_quiet"][idx])
     since = st["leak_quiet"][idx]
     done = np.flatnonzero(on & (since >= 0) & (end >= since + pr["leak_hold_s"][idx]))
