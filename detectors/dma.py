@@ -145,6 +145,11 @@ class DmaBalance:
     def from_bytes(cls, settings: FleetSettings, data: bytes) -> DmaBalance:
         obj = orjson.loads(data)
         out = cls(settings)
-        out.days = {(int(a), int(b)): _Day(**v) for a, b, v in obj["days"]}
+        # JSON has no NaN: a day whose inlet has not closed yet comes back with null.
+        out.days = {}
+        for a, b, v in obj["days"]:
+            if v["inlet_min_m3h"] is None:
+                v["inlet_min_m3h"] = float("nan")
+            out.days[(int(a), int(b))] = _Day(**v)
         out.districts = {int(k): _District(**v) for k, v in obj["districts"].items()}
         return out
