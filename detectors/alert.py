@@ -14,20 +14,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-ALERT_TYPES = (
-    "leak",
-    "burst",
-    "abnormal_high",
-    "abnormal_low",
-    "no_consumption",
-    "reverse_flow",
-    "tamper",
-    "low_battery",
-    "silent",
-    "fleet_outlier",
-    "dma_imbalance",
-    "meter_alarm",  # a meter flag no other type covers (e.g. ``dry``): kept, never dropped
-)
+from meterwatch.domain import ALERT_TYPES
+
+__all__ = ["ALERT_TYPES", "SEVERITY_RANK", "Alert", "Severity", "utc"]
 
 
 class Severity(StrEnum):

@@ -23,6 +23,23 @@ FLAG_BITS: dict[str, int] = {
 }
 
 
+# What detectors can say about a meter (docs/detection.md); the contract of alerts everywhere.
+ALERT_TYPES = (
+    "leak",
+    "burst",
+    "abnormal_high",
+    "abnormal_low",
+    "no_consumption",
+    "reverse_flow",
+    "tamper",
+    "low_battery",
+    "silent",
+    "fleet_outlier",
+    "dma_imbalance",
+    "meter_alarm",  # a meter flag no other type covers (e.g. ``dry``): kept, never dropped
+)
+
+
 class MeterKind(StrEnum):
     RESIDENTIAL = "residential"
     COMMERCIAL = "commercial"

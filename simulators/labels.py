@@ -17,20 +17,11 @@ from typing import Any
 
 import orjson
 
-ALERT_TYPES = frozenset(
-    {
-        "leak",
-        "burst",
-        "abnormal_high",
-        "abnormal_low",
-        "no_consumption",
-        "reverse_flow",
-        "tamper",
-        "low_battery",
-        "silent",
-        "dma_imbalance",
-    }
-)
+from meterwatch.domain import ALERT_TYPES as DOMAIN_ALERT_TYPES
+
+# Alert types a scenario labels: all but those no simulated fault stands behind (an outlier
+# among peers and an unmapped meter flag have no injected ground truth).
+ALERT_TYPES = frozenset(DOMAIN_ALERT_TYPES) - {"fleet_outlier", "meter_alarm"}
 NOISE_TYPES = frozenset(
     {
         "rollover",
