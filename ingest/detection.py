@@ -22,10 +22,10 @@ import psycopg
 from detectors.alert import Alert
 from detectors.bank import Monitor
 from detectors.config import FleetSettings, ThresholdBook
-from meterwatch.domain import Meter, MeterKind
 from storage.alerts import apply_alerts, load_meta, load_states, save_meta, save_states
 from storage.db import connect
 from storage.history import day_profiles
+from storage.registry import load_meters
 from storage.writer import Message
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ class DetectionConfig:
     registry_refresh_s: float = 60.0
     timezone: str = "Asia/Shanghai"  # local days of the stored history the fleet model learns
     history_days: int = 16
-
-
-def load_meters(conn: psycopg.Connection[Any]) -> list[Meter]:
-    rows = conn.execute(
-        """SELECT meter_id, tenant, dma, kind, dn_mm, q3_m3h, timezone, install_date,
-                  register_max_m3, tariff_cny_per_m3::float8, parent_meter_id, expected_interval_s
-           FROM meters"""
-    ).fetchall()
-    return [Meter(r[0], r[1], r[2], MeterKind(r[3]), *r[4:]) for r in rows]
 
 
 class Detection:

@@ -24,7 +24,7 @@ from detectors.bank import Monitor
 from detectors.batch import Batch, flag_bits
 from detectors.config import FleetSettings, ThresholdBook
 from evaluation.episodes import Episode, episodes
-from ingest.detection import load_meters
+from storage.registry import load_meters
 
 CHUNK = 50_000
 

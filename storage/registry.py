@@ -134,3 +134,13 @@ def upsert_meters(conn: psycopg.Connection[Any], meters: Iterable[Meter]) -> int
 def import_csv(conn: psycopg.Connection[Any], text: str) -> ImportResult:
     meters, errors = parse_csv(text)
     return ImportResult(upsert_meters(conn, meters), errors)
+
+
+def load_meters(conn: psycopg.Connection[Any]) -> list[Meter]:
+    """Every registered meter, for the detectors' registry."""
+    rows = conn.execute(
+        """SELECT meter_id, tenant, dma, kind, dn_mm, q3_m3h, timezone, install_date,
+                  register_max_m3, tariff_cny_per_m3::float8, parent_meter_id, expected_interval_s
+           FROM meters"""
+    ).fetchall()
+    return [Meter(r[0], r[1], r[2], MeterKind(r[3]), *r[4:]) for r in rows]
