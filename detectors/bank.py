@@ -89,6 +89,7 @@ class Monitor:
     def add_meters(self, meters: Sequence[Meter]) -> None:
         """Register meters, or update the registry facts and thresholds of known ones."""
         new = [m for m in meters if m.meter_id not in self._index]
+        fresh = {m.meter_id for m in new}
         if new:
             n0 = len(self.ids)
             self._grow(n0 + len(new))
@@ -98,6 +99,8 @@ class Monitor:
                 self.meters.append(m)
         for m in meters:
             i = self._index[m.meter_id]
+            if m.meter_id not in fresh and self.meters[i] == m:
+                continue  # same facts, same thresholds: its parameters stand (ingest reloads often)
             self.meters[i] = m
             dma = -1
             if m.dma:

@@ -6,6 +6,7 @@ the units the rules compute in (m3, m3/h, seconds, hours), so a rule compares wh
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -63,6 +64,7 @@ PARAM_DTYPE = np.dtype(
 )
 
 
+@functools.lru_cache(maxsize=256)
 def utc_offset_s(timezone: str, at_epoch_s: int) -> int:
     """The zone's offset at an event time. China has one offset all year; zones with daylight
     saving keep the offset of the meter's first reading (local days may shift by an hour there)."""

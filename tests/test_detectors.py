@@ -575,3 +575,12 @@ def test_an_unknown_threshold_is_an_error(tmp_path: Path) -> None:
     path.write_text("[kind.residential]\nleak_min_lph_typo = 30\n")
     with pytest.raises(ValueError, match="leak_min_lph_typo"):
         ThresholdBook.load(path)
+
+
+def test_reloading_the_registry_updates_changed_meters_only() -> None:
+    monitor = Monitor([Meter("A"), Meter("B")])
+    before = monitor.params[:2].copy()
+    monitor.add_meters([Meter("A"), Meter("B", q3_m3h=10.0)])
+    assert monitor.params[0] == before[0]
+    assert monitor.params["q3"][1] == pytest.approx(10.0)
+    assert monitor.params["burst_q"][1] == pytest.approx(3.0)  # 30 % of the new Q3
