@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from meterwatch.consumption import Q4_OVER_Q3, TOLERANCE_M3
+from meterwatch.consumption import Q4_OVER_Q3, REPLACEMENT_MAX_START_M3, TOLERANCE_M3
 
 FLOW, ROLLOVER, REVERSE, REPLACEMENT, FAULT, IMPLAUSIBLE = range(6)
-REPLACEMENT_MAX_START_M3 = 5.0
 _SHIFT = np.int64(1) << np.int64(34)  # ts < 2**34 s (year 2514), so meter * 2**34 + ts sorts
 
 

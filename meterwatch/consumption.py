@@ -35,6 +35,7 @@ KINDS = (FLOW, ROLLOVER, REVERSE, REPLACEMENT, FAULT, IMPLAUSIBLE)
 # Overload flow Q4 is 1.25 x Q3 (ISO 4064 / OIML R49); a meter cannot register more than that.
 Q4_OVER_Q3 = 1.25
 TOLERANCE_M3 = 0.01
+REPLACEMENT_MAX_START_M3 = 5.0  # a new meter's register starts below this
 HOUR = timedelta(hours=1)
 
 
@@ -76,7 +77,7 @@ def classify(
     *,
     register_max_m3: float,
     q3_m3h: float,
-    replacement_max_start_m3: float = 5.0,
+    replacement_max_start_m3: float = REPLACEMENT_MAX_START_M3,
 ) -> tuple[float, str]:
     """Volume and kind of one interval between two register values ``hours`` apart."""
     capacity = q3_m3h * Q4_OVER_Q3 * max(hours, 0.0) + TOLERANCE_M3
