@@ -29,6 +29,6 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== mypy"
-.venv/bin/mypy meterwatch storage ingest detectors api simulators evaluation
+.venv/bin/mypy meterwatch storage ingest detectors api simulators evaluation notify
 echo "== pytest"
 .venv/bin/python -m pytest -m "not slow" "$@"
