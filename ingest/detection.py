@@ -6,6 +6,9 @@ worker carries on where the last one stopped. Alerts are written after the batch
 commit; if that write fails they stay queued and go with the next batch, and the broker message
 is acknowledged only after the alerts of its batch are stored, so a crash before that redelivers
 the batch and the bank (restored from its checkpoint) sees it again.
+
+The notifier rides in the same transaction as the alerts: the outbox rows of what changed, and
+whatever the advancing event clock made due (escalations, auto-resolutions, held reminders).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any
 
 import psycopg
 
-from detectors.alert import Alert
+from detectors.alert import Alert, utc
 from detectors.bank import Monitor
 from detectors.config import FleetSettings, ThresholdBook
+from notify.scheduler import Notifier
 from storage.alerts import apply_alerts, load_meta, load_states, save_meta, save_states
 from storage.db import connect
 from storage.history import day_profiles
@@ -29,6 +33,9 @@ from storage.registry import load_meters
 from storage.writer import Message
 
 log = logging.getLogger(__name__)
+# The notifier's scheduler runs when event time has moved on by this much: deadlines are kept to
+# the minute, and a replay at full speed does not run it for every batch.
+TICK_S = 60
 META_KEYS = ("watermark", "batch_watermark", "dma", "fleet")
 
 
@@ -44,8 +51,10 @@ class DetectionConfig:
 
 
 class Detection:
-    def __init__(self, config: DetectionConfig) -> None:
+    def __init__(self, config: DetectionConfig, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier
+        self._ticked = -1  # event time the notifier last ran at
         self.monitor = Monitor(thresholds=config.thresholds, fleet=config.fleet)
         self.pending: list[Alert] = []
         self.raised: Counter[str] = Counter()
@@ -108,7 +117,12 @@ class Detection:
             conn = self._db()
             with conn.transaction():
                 if self.pending:
-                    apply_alerts(conn, self.pending)
+                    changes = apply_alerts(conn, self.pending, reopen_within=self._reopen_within)
+                    if self.notifier is not None:
+                        self.notifier.after_alerts(conn, changes)
+                clock = max(self.monitor.watermark, self.monitor.batch_watermark)
+                if self.notifier is not None and clock >= self._ticked + TICK_S:
+                    self.notifier.tick(conn, utc(clock))
                 if checkpoint:
                     save_states(conn, self.monitor.checkpoint())
                     for key, value in self.monitor.global_state().items():
@@ -117,8 +131,16 @@ class Detection:
             self.close()
             raise
         self.pending = []
+        if clock >= self._ticked + TICK_S:
+            self._ticked = clock
         if checkpoint:
             self._next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s
+
+    @property
+    def _reopen_within(self) -> timedelta | None:
+        if self.notifier is None:
+            return None
+        return timedelta(hours=self.notifier.config.reopen_within_h)
 
     def stop(self) -> None:
         """Final flush and checkpoint."""

@@ -12,6 +12,8 @@ from ingest.detection import Detection, DetectionConfig
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
 from meterwatch.signals import stop_on_signals
+from notify.config import NotifyConfig
+from notify.scheduler import Notifier
 from storage.writer import BatchResult
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,8 @@ def detection_from(settings: Settings) -> Detection | None:
             fleet=FleetSettings(dma_lateness_h=settings.dma_lateness_h),
             checkpoint_interval_s=settings.detector_checkpoint_s,
             timezone=settings.timezone,
-        )
+        ),
+        notifier=Notifier(NotifyConfig.load(settings.notify_config), settings.secret_key),
     )
     detection.start()
     return detection

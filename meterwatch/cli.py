@@ -37,7 +37,9 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     updates: dict[str, Any] = {}
-    for name in ("database_url", "mqtt_url", "topic_prefix", "api_host", "api_port"):
+    for name in (
+        "database_url", "mqtt_url", "topic_prefix", "api_host", "api_port", "notify_config",
+    ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             updates[name] = value
@@ -93,6 +95,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stats = run(settings)
     _emit(args, dataclasses.asdict(stats), f"ingest stopped: {stats}")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from notify.service import run
+
+    settings = _settings(args)
+    stats = run(settings)
+    _emit(args, dataclasses.asdict(stats), f"notifier stopped: {stats}")
     return 0
 
 
@@ -241,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="consume meter uplinks from MQTT into the database")
     _service_flags(p, mqtt=True)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "notify", help="send queued alert notifications (webhook, WeCom, DingTalk, Feishu, ...)"
+    )
+    _service_flags(p, mqtt=True)
+    p.add_argument(
+        "--notify-config", help="routing and channels, TOML (env METERWATCH_NOTIFY_CONFIG)"
+    )
+    p.set_defaults(func=cmd_notify)
 
     p = sub.add_parser("api", help="serve the HTTP API")
     _service_flags(p)

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     detector_checkpoint_s: float = Field(default=60.0, gt=0)
     dma_lateness_h: float = Field(default=42.0, ge=0)
 
+    # Notifications: routing, channels, SLA (TOML, see docs/notifications.md). The secret signs
+    # the customers' feedback links; set it in production (an empty one refuses to sign links).
+    notify_config: Path | None = None
+    secret_key: str = ""
+    # The notifier's outbox: how many rows one dispatcher claims at once, how long a claim lasts
+    # (a dead dispatcher's rows go out again after it), and the retry backoff.
+    notify_batch: int = Field(default=100, ge=1)
+    notify_lease_s: float = Field(default=60.0, gt=0)
+    notify_backoff_s: float = Field(default=5.0, gt=0)
+    notify_backoff_max_s: float = Field(default=300.0, gt=0)
+    notify_give_up_h: float = Field(default=48.0, gt=0)
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)

@@ -2,7 +2,9 @@
 
 Detectors emit a stream per (meter, type): alerts with ``cleared=False`` while a condition holds
 and one with ``cleared=True`` when it is over. :func:`apply_alerts` turns that stream into one row
-per episode: the first alert opens a row, repeats update it, a clear resolves it. Every function
+per episode: the first alert opens a row, repeats update it, a clear marks the condition over (the
+scheduler in notify.scheduler resolves the row once it has stayed over long enough, so a
+condition that flickers stays one alert). Every function
 runs inside the caller's transaction and leaves the commit to the caller, so alerts and detector
 state can be committed together with the readings that produced them.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -35,21 +37,39 @@ from storage.queries import ALERT_COLUMNS, AlertRow
 
 COPY_MIN = 500  # from this many states on, a binary COPY beats one statement with arrays
 
+RANK_OF = {str(s): r for s, r in SEVERITY_RANK.items()}
 RANK = "array_position(ARRAY['info', 'warning', 'critical']::text[], {})"
 
+# Raises of a (meter, type) a customer declared expected use for are dropped (table suppressions).
+SUPPRESSED = """EXISTS (
+    SELECT 1 FROM suppressions s
+    WHERE s.meter_id = x.meter_id AND s.type = x.type
+      AND x.detected_at >= s.since AND x.detected_at < s.until)"""
+
 # An upsert on the open-alert index: it opens a row when none is open and merges into the open one
-# otherwise, also when another session opened it concurrently.
+# otherwise, also when another session opened it concurrently. A repeat of a condition that had
+# cleared (cleared_at set, not yet resolved) continues the same alert. prev holds the open rows as
+# they were before the statement (every part of a statement sees the same snapshot), so the
+# result can tell a return of the condition and a rise in severity from a plain repeat.
 RAISE = f"""
+WITH x AS (
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[],
+                         %b::timestamptz[], %b::timestamptz[], %b::jsonb[], %b::float8[],
+                         %b::integer[]) WITH ORDINALITY
+         AS x(meter_id, type, severity, started_at, detected_at, last_seen_at, evidence, loss,
+              occurrences, n)
+    WHERE NOT {SUPPRESSED}
+), prev AS (
+    SELECT a.id, a.cleared_at, a.severity FROM alerts a
+    JOIN x ON a.meter_id = x.meter_id AND a.type = x.type
+    WHERE a.status <> 'resolved'
+)
 INSERT INTO alerts AS a (tenant, meter_id, dma, type, severity, started_at, detected_at,
     last_seen_at, evidence, estimated_loss_m3_per_day, estimated_cost_cny_per_day, occurrences)
 SELECT coalesce(m.tenant, 'unassigned'), x.meter_id, m.dma, x.type, x.severity, x.started_at,
        x.detected_at, x.last_seen_at, x.evidence, x.loss, x.loss * m.tariff_cny_per_m3::float8,
        x.occurrences
-FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
-            %b::timestamptz[], %b::jsonb[], %b::float8[], %b::integer[]) WITH ORDINALITY
-     AS x(meter_id, type, severity, started_at, detected_at, last_seen_at, evidence, loss,
-          occurrences, n)
-LEFT JOIN meters m ON m.meter_id = x.meter_id
+FROM x LEFT JOIN meters m ON m.meter_id = x.meter_id
 ORDER BY x.n
 ON CONFLICT (meter_id, type) WHERE status <> 'resolved' DO UPDATE SET
     severity = CASE WHEN {RANK.format("EXCLUDED.severity")} > {RANK.format("a.severity")}
@@ -60,16 +80,54 @@ ON CONFLICT (meter_id, type) WHERE status <> 'resolved' DO UPDATE SET
     estimated_loss_m3_per_day = EXCLUDED.estimated_loss_m3_per_day,
     estimated_cost_cny_per_day = EXCLUDED.estimated_cost_cny_per_day,
     occurrences = a.occurrences + EXCLUDED.occurrences,
+    cleared_at = NULL,
     updated_at = now()
-RETURNING a.id, a.meter_id, a.type, a.occurrences
+RETURNING a.id, a.meter_id, a.type, a.occurrences, a.severity, a.last_seen_at, a.detected_at,
+    (SELECT p.cleared_at FROM prev p WHERE p.id = a.id) AS was_cleared,
+    (SELECT p.severity FROM prev p WHERE p.id = a.id) AS prev_severity
 """
 
+# A condition that comes back within reopen_within of its alert's resolution reopens that alert
+# instead of opening a new one: the same leak, found again the morning after "repaired".
+REOPEN = f"""
+WITH x AS (
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[])
+         AS x(meter_id, type, detected_at)
+    WHERE NOT {SUPPRESSED}
+      AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.meter_id = x.meter_id AND o.type = x.type
+                      AND o.status <> 'resolved')
+), last AS (
+    SELECT DISTINCT ON (a.meter_id, a.type) a.id, a.resolved_at, x.detected_at
+    FROM alerts a JOIN x ON a.meter_id = x.meter_id AND a.type = x.type
+    WHERE a.status = 'resolved'
+    ORDER BY a.meter_id, a.type, a.resolved_at DESC
+)
+UPDATE alerts AS a
+SET status = 'open', reopened = a.reopened + 1, resolved_at = NULL, resolved_by = NULL,
+    resolution = NULL, resolution_note = NULL, cleared_at = NULL, acknowledged_at = NULL,
+    acknowledged_by = NULL, escalation_level = 0, repair_reported_at = NULL,
+    repair_reported_by = NULL, confirmed_at = NULL, volume_lost_m3 = NULL,
+    volume_saved_m3 = NULL, updated_at = now()
+FROM last
+WHERE a.id = last.id AND last.detected_at >= last.resolved_at
+  AND last.detected_at < last.resolved_at + %b::interval
+RETURNING a.id, last.detected_at
+"""
+
+# A clear ends the condition, not the alert: the scheduler resolves it once the condition has
+# stayed away for the type's auto-resolve time (notify.scheduler), or confirms a reported repair.
 CLEAR = """
 UPDATE alerts AS a
-SET status = 'resolved', resolved_at = c.detected_at, resolution = 'cleared', updated_at = now()
+SET cleared_at = c.detected_at, updated_at = now()
 FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS c(meter_id, type, detected_at)
 WHERE a.meter_id = c.meter_id AND a.type = c.type AND a.status <> 'resolved'
-RETURNING a.id
+  AND a.cleared_at IS NULL
+RETURNING a.id, c.detected_at
+"""
+
+EVENTS = """
+INSERT INTO alert_events (alert_id, event_time, kind, detail)
+SELECT * FROM unnest(%b::bigint[], %b::timestamptz[], %b::text[], %b::jsonb[])
 """
 
 ON_STATE_CONFLICT = """
@@ -88,15 +146,19 @@ INSERT INTO detector_state (meter_id, state) SELECT meter_id, state FROM staged
 class AlertChanges:
     """What one :func:`apply_alerts` call did, counted per alert of the list.
 
-    A raise either ``opened`` a row or ``updated`` the open one; a clear either ``resolved`` a row
-    or found none open (and counts nowhere). ``ids`` are the rows touched, each once, so a caller
-    can notify about them after it commits.
+    A raise either ``opened`` a row, ``reopened`` a recently resolved one, or ``updated`` the open
+    one (``suppressed`` raises change nothing); a clear either ``cleared`` an open row's condition
+    or found none (and counts nowhere). ``ids`` are the rows touched, each once, so a caller can
+    notify about them in the same transaction; ``reopened_ids`` those reopened.
     """
 
     opened: int = 0
     updated: int = 0
-    resolved: int = 0
+    cleared: int = 0
+    reopened: int = 0
+    suppressed: int = 0
     ids: list[int] = field(default_factory=list)
+    reopened_ids: list[int] = field(default_factory=list)
 
 
 # An alert as stored: the same row the API reads (``storage.queries.AlertRow``).
@@ -190,59 +252,118 @@ def _rounds(plan: Mapping[Key, Sequence[_Raise | _Clear]]) -> list[Round]:
     return rounds
 
 
-def apply_alerts(conn: psycopg.Connection[Any], alerts: Sequence[Alert]) -> AlertChanges:
-    """Open, update and resolve alert rows as the list says, in list order per (meter, type)."""
-    submitted: list[tuple[psycopg.Cursor[Any], dict[Key, _Raise] | None]] = []
-    with _atomic(conn), conn.pipeline():
-        for clears, raises in _rounds(_plan(alerts)):
-            if clears:
-                cur = conn.cursor()
-                cur.execute(
-                    CLEAR,
-                    (
-                        [k[0] for k in clears],
-                        [k[1] for k in clears],
-                        [c.detected_at for c in clears.values()],
-                    ),
-                )
-                submitted.append((cur, None))
-            if raises:
-                r = list(raises.values())
-                cur = conn.cursor()
-                cur.execute(
-                    RAISE,
-                    (
-                        [k[0] for k in raises],
-                        [k[1] for k in raises],
-                        [str(x.severity) for x in r],
-                        [x.started_at for x in r],
-                        [x.detected_at for x in r],
-                        [x.last_seen_at for x in r],
-                        [Jsonb(dict(x.evidence), _json) for x in r],
-                        [x.loss for x in r],
-                        [x.occurrences for x in r],
-                    ),
-                )
-                submitted.append((cur, raises))
-    # The pipeline has been synced: every result is in, none of these fetches waits.
+def apply_alerts(
+    conn: psycopg.Connection[Any],
+    alerts: Sequence[Alert],
+    *,
+    reopen_within: timedelta | None = None,
+) -> AlertChanges:
+    """Open, update, clear (and, within ``reopen_within`` of a resolution, reopen) alert rows as
+    the list says, in list order per (meter, type); each change goes to the audit trail."""
+    submitted: list[tuple[str, psycopg.Cursor[Any], dict[Key, _Raise] | None]] = []
+    with _atomic(conn):
+        with conn.pipeline():
+            for clears, raises in _rounds(_plan(alerts)):
+                if clears:
+                    cur = conn.cursor()
+                    cur.execute(
+                        CLEAR,
+                        (
+                            [k[0] for k in clears],
+                            [k[1] for k in clears],
+                            [c.detected_at for c in clears.values()],
+                        ),
+                    )
+                    submitted.append(("clear", cur, None))
+                if raises:
+                    r = list(raises.values())
+                    if reopen_within is not None:
+                        cur = conn.cursor()
+                        cur.execute(
+                            REOPEN,
+                            (
+                                [k[0] for k in raises],
+                                [k[1] for k in raises],
+                                [x.detected_at for x in r],
+                                reopen_within,
+                            ),
+                        )
+                        submitted.append(("reopen", cur, None))
+                    cur = conn.cursor()
+                    cur.execute(
+                        RAISE,
+                        (
+                            [k[0] for k in raises],
+                            [k[1] for k in raises],
+                            [str(x.severity) for x in r],
+                            [x.started_at for x in r],
+                            [x.detected_at for x in r],
+                            [x.last_seen_at for x in r],
+                            [Jsonb(dict(x.evidence), _json) for x in r],
+                            [x.loss for x in r],
+                            [x.occurrences for x in r],
+                        ),
+                    )
+                    submitted.append(("raise", cur, raises))
+        # The pipeline has been synced: every result is in, none of these fetches waits.
+        changes, events = _collect(submitted)
+        if events:
+            conn.execute(EVENTS, tuple(list(col) for col in zip(*events, strict=True)))
+    return changes
+
+
+Event = tuple[int, datetime, str, Jsonb]
+
+
+def _collect(
+    submitted: Sequence[tuple[str, psycopg.Cursor[Any], dict[Key, _Raise] | None]],
+) -> tuple[AlertChanges, list[Event]]:
     changes = AlertChanges()
+    events: list[Event] = []
     seen: set[int] = set()
-    for cur, raised in submitted:
+    reopened: set[int] = set()
+    for what, cur, raised in submitted:
         for row in cur.fetchall():
-            if raised is None:
-                changes.resolved += 1
+            if what == "clear":
+                changes.cleared += 1
+                events.append((row[0], row[1], "cleared", Jsonb({})))
+            elif what == "reopen":
+                changes.reopened += 1
+                reopened.add(row[0])
+                changes.reopened_ids.append(row[0])
+                events.append((row[0], row[1], "reopened", Jsonb({})))
             else:
-                k = raised[(row[1], row[2])].occurrences
-                if row[3] == k:  # a row that was open before holds its own occurrences too
+                assert raised is not None
+                alert_id, meter_id, alert_type, occurrences, severity, seen_at = row[:6]
+                detected_at, was_cleared, prev_severity = row[6:9]
+                k = raised[(meter_id, alert_type)].occurrences
+                if occurrences == k and alert_id not in reopened:
+                    # A row that was open before holds its own occurrences too.
                     changes.opened += 1
                     changes.updated += k - 1
+                    events.append((alert_id, detected_at, "opened", Jsonb({"severity": severity})))
                 else:
                     changes.updated += k
+                    if was_cleared is not None:
+                        events.append((alert_id, seen_at, "returned", Jsonb({})))
+                    if prev_severity is not None and RANK_OF[severity] > RANK_OF[prev_severity]:
+                        events.append(
+                            (
+                                alert_id,
+                                seen_at,
+                                "severity",
+                                Jsonb({"from": prev_severity, "to": severity}),
+                            )
+                        )
             if row[0] not in seen:
                 seen.add(row[0])
                 changes.ids.append(row[0])
         cur.close()
-    return changes
+    raised_n = sum(
+        op.occurrences for _, _, raised in submitted if raised is not None for op in raised.values()
+    )
+    changes.suppressed = raised_n - changes.opened - changes.updated
+    return changes, events
 
 
 def save_states(conn: psycopg.Connection[Any], states: Mapping[str, bytes]) -> None:

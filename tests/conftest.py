@@ -27,7 +27,8 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
 SERIES_TABLES = (
     "readings", "consumption", "usage_hourly", "usage_daily", "dead_letters",
-    "alerts", "detector_state", "detector_meta",
+    "alerts", "detector_state", "detector_meta", "alert_events", "outbox", "deliveries",
+    "suppressions", "feedback", "event_clock",
 )  # fmt: skip
 
 

@@ -60,7 +60,25 @@ def rows(conn: psycopg.Connection[Any]) -> list[StoredAlert]:
 
 
 def changes(ch: AlertChanges) -> tuple[int, int, int]:
-    return ch.opened, ch.updated, ch.resolved
+    return ch.opened, ch.updated, ch.cleared
+
+
+CORE = (
+    "id", "tenant", "meter_id", "dma", "type", "severity", "status", "started_at", "detected_at",
+    "last_seen_at", "resolved_at", "resolution", "evidence", "estimated_loss_m3_per_day",
+    "estimated_cost_cny_per_day", "occurrences", "message",
+)  # fmt: skip
+
+
+def core(a: StoredAlert) -> dict[str, Any]:
+    return {k: v for k, v in asdict(a).items() if k in CORE}
+
+
+def events(conn: psycopg.Connection[Any]) -> list[tuple[int, str, datetime | None]]:
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute("SELECT alert_id, kind, event_time FROM alert_events ORDER BY id")
+    ]
 
 
 @pytest.fixture
@@ -74,31 +92,39 @@ def meters(db: psycopg.Connection[Any]) -> None:
 # --- apply_alerts -----------------------------------------------------------------------------
 
 
-def test_raise_repeat_clear_raise(db: psycopg.Connection[Any], meters: None) -> None:
+def test_raise_repeat_clear(db: psycopg.Connection[Any], meters: None) -> None:
     ch = apply_alerts(db, [
         alert(start=0, seen=1, loss=1.0, min_flow_lph=38.0),
         alert(start=0.5, seen=2, loss=2.0, min_flow_lph=41.0),
         clear(seen=3),
-        alert(start=4, seen=5, loss=0.5),
     ])  # fmt: skip
-    assert changes(ch) == (2, 1, 1)
-    first, second = rows(db)
-    assert ch.ids == [first.id, second.id]
-    assert asdict(first) == {
+    assert changes(ch) == (1, 1, 1)
+    (first,) = rows(db)
+    assert ch.ids == [first.id]
+    assert core(first) == {
         "id": first.id, "tenant": "acme", "meter_id": "WH-1", "dma": "wuchang-03",
-        "type": "leak", "severity": "warning", "status": "resolved",
-        "started_at": at(0), "detected_at": at(1), "last_seen_at": at(2), "resolved_at": at(3),
-        "resolution": "cleared", "evidence": {"min_flow_lph": 41.0},
+        "type": "leak", "severity": "warning", "status": "open",
+        "started_at": at(0), "detected_at": at(1), "last_seen_at": at(2), "resolved_at": None,
+        "resolution": None, "evidence": {"min_flow_lph": 41.0},
         "estimated_loss_m3_per_day": 2.0, "estimated_cost_cny_per_day": 8.0, "occurrences": 2,
         "message": {},
     }  # fmt: skip
-    assert (second.status, second.started_at, second.detected_at, second.last_seen_at) == (
-        "open", at(4), at(5), at(5)
+    cleared = db.execute("SELECT cleared_at FROM alerts WHERE id = %s", (first.id,)).fetchone()
+    assert cleared == (at(3),), "a clear ends the condition; the scheduler resolves the alert"
+    assert events(db) == [(first.id, "opened", at(1)), (first.id, "cleared", at(3))]
+
+
+def test_a_condition_that_returns_before_resolution_continues_the_alert(
+    db: psycopg.Connection[Any], meters: None
+) -> None:
+    ch = apply_alerts(db, [alert(start=0, seen=1), clear(seen=3), alert(start=4, seen=5, loss=0.5)])
+    assert changes(ch) == (1, 1, 1)
+    (a,) = rows(db)
+    assert (a.status, a.started_at, a.detected_at, a.last_seen_at, a.occurrences) == (
+        "open", at(0), at(1), at(5), 2
     )  # fmt: skip
-    assert (second.resolved_at, second.resolution, second.occurrences) == (None, None, 1)
-    assert (second.evidence, second.estimated_cost_cny_per_day) == ({}, 2.0)
-    message = db.execute("SELECT message FROM alerts WHERE id = %s", (second.id,)).fetchone()
-    assert message == ({},)
+    assert db.execute("SELECT cleared_at FROM alerts").fetchone() == (None,)
+    assert [k for _, k, _ in events(db)] == ["opened", "cleared", "returned"]
 
 
 def test_repeats_in_later_calls_update_the_open_alert(
@@ -160,8 +186,10 @@ def test_clears_without_an_open_alert_do_nothing(db: psycopg.Connection[Any]) ->
     ch = apply_alerts(db, [alert(seen=3), clear(seen=4), clear(seen=5)])
     assert changes(ch) == (1, 0, 1)
     (a,) = rows(db)
-    assert (a.status, a.resolved_at) == ("resolved", at(4))
-    assert changes(apply_alerts(db, [clear(seen=6)])) == (0, 0, 0)
+    assert db.execute("SELECT status, cleared_at FROM alerts").fetchone() == ("open", at(4))
+    assert changes(apply_alerts(db, [clear(seen=6)])) == (0, 0, 0), "already cleared"
+    db.execute("UPDATE alerts SET status = 'resolved', resolved_at = cleared_at")
+    assert changes(apply_alerts(db, [clear(seen=7)])) == (0, 0, 0)
     assert changes(apply_alerts(db, [])) == (0, 0, 0)
 
 
@@ -171,9 +199,47 @@ def test_acknowledged_alerts_take_repeats_and_clears(db: psycopg.Connection[Any]
     assert changes(apply_alerts(db, [alert(seen=2)])) == (0, 1, 0)
     (a,) = rows(db)
     assert (a.status, a.occurrences) == ("acknowledged", 2)
-    assert changes(apply_alerts(db, [clear(seen=3), alert(seen=4)])) == (1, 0, 1)
+    assert changes(apply_alerts(db, [clear(seen=3), alert(seen=4)])) == (0, 1, 1)
+    (a,) = rows(db)
+    assert (a.status, a.occurrences) == ("acknowledged", 3)
+    db.execute("UPDATE alerts SET status = 'resolved', resolved_at = %s", (at(5),))
+    assert changes(apply_alerts(db, [alert(seen=6)])) == (1, 0, 0)
     old, new = rows(db)
     assert (old.status, new.status) == ("resolved", "open")
+
+
+def test_a_return_soon_after_resolution_reopens_the_alert(db: psycopg.Connection[Any]) -> None:
+    day = timedelta(hours=24)
+    apply_alerts(db, [alert(seen=1), clear(seen=2)])
+    db.execute(
+        "UPDATE alerts SET status = 'resolved', resolved_at = %s, resolution = 'x'", (at(3),)
+    )
+    ch = apply_alerts(db, [alert(seen=20), alert(seen=21)], reopen_within=day)
+    (a,) = rows(db)
+    assert (ch.reopened, ch.reopened_ids, ch.opened, ch.updated) == (1, [a.id], 0, 2)
+    assert (a.status, a.resolved_at, a.resolution, a.occurrences, a.last_seen_at) == (
+        "open", None, None, 3, at(21)
+    )  # fmt: skip
+    assert db.execute("SELECT reopened FROM alerts").fetchone() == (1,)
+    assert [k for _, k, _ in events(db)][-1] == "reopened"
+    # Later than reopen_within after the resolution: a new alert.
+    db.execute("UPDATE alerts SET status = 'resolved', resolved_at = %s", (at(22),))
+    ch = apply_alerts(db, [alert(seen=47)], reopen_within=day)
+    assert (ch.reopened, ch.opened) == (0, 1)
+    assert [a.status for a in rows(db)] == ["resolved", "open"]
+
+
+def test_suppressed_raises_change_nothing(db: psycopg.Connection[Any]) -> None:
+    db.execute(
+        """INSERT INTO suppressions (meter_id, type, since, until, actor)
+           VALUES ('WH-1', 'leak', %s, %s, 'customer')""",
+        (at(0), at(10)),
+    )
+    ch = apply_alerts(db, [alert(seen=1), alert(seen=2), alert("WH-1", "burst", seen=2)])
+    assert (ch.opened, ch.updated, ch.suppressed) == (1, 0, 2)
+    assert [(a.meter_id, a.type) for a in rows(db)] == [("WH-1", "burst")]
+    ch = apply_alerts(db, [alert(seen=10)])
+    assert (ch.opened, ch.suppressed) == (1, 0), "the suppression ends at its until"
 
 
 def test_keys_are_independent_and_keep_their_own_order(db: psycopg.Connection[Any]) -> None:
@@ -181,21 +247,22 @@ def test_keys_are_independent_and_keep_their_own_order(db: psycopg.Connection[An
         alert("A", seen=1), clear("B", seen=1), alert("B", seen=2), alert("A", "silent", seen=2),
         clear("A", seen=3), alert("B", seen=3), alert("A", seen=4), clear("B", seen=5),
     ])  # fmt: skip
-    assert changes(ch) == (4, 1, 2)
+    assert changes(ch) == (3, 2, 2)
     got = [(a.meter_id, a.type, a.status, a.detected_at, a.occurrences) for a in rows(db)]
     assert sorted(got) == [
-        ("A", "leak", "open", at(4), 1),
-        ("A", "leak", "resolved", at(1), 1),
+        ("A", "leak", "open", at(1), 2),
         ("A", "silent", "open", at(2), 1),
-        ("B", "leak", "resolved", at(2), 2),
+        ("B", "leak", "open", at(2), 2),
     ]
+    cleared = db.execute("SELECT meter_id, cleared_at FROM alerts ORDER BY meter_id, type")
+    assert cleared.fetchall() == [("A", None), ("A", None), ("B", at(5))]
 
 
 def _state(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(
         """SELECT meter_id, type, severity, status, started_at, detected_at, last_seen_at,
                   resolved_at, resolution, evidence, estimated_loss_m3_per_day,
-                  estimated_cost_cny_per_day, occurrences
+                  estimated_cost_cny_per_day, occurrences, cleared_at
            FROM alerts ORDER BY meter_id, type, detected_at, status"""
     ).fetchall()
 
@@ -216,12 +283,12 @@ def test_one_call_equals_one_call_per_alert(db: psycopg.Connection[Any], meters:
             )  # fmt: skip
         ch = apply_alerts(db, stream)
         together = _state(db)
-        db.execute("TRUNCATE alerts")
+        db.execute("TRUNCATE alerts CASCADE")
         one_by_one = [apply_alerts(db, [a]) for a in stream]
         assert _state(db) == together, f"trial {trial}"
         assert changes(ch) == tuple(map(sum, zip(*map(changes, one_by_one), strict=True)))
         assert ch.opened + ch.updated == sum(not a.cleared for a in stream)
-        db.execute("TRUNCATE alerts")
+        db.execute("TRUNCATE alerts CASCADE")
 
 
 def test_thousands_of_alerts_in_one_call(db: psycopg.Connection[Any]) -> None:
@@ -235,16 +302,18 @@ def test_thousands_of_alerts_in_one_call(db: psycopg.Connection[Any]) -> None:
     assert changes(ch2) == (0, n + 10, 0)
     assert sorted(ch2.ids) == sorted(ch.ids)
     ch3 = apply_alerts(db, [clear(m, "silent", seen=3) for m in ids] + [alert(ids[0], "silent")])
-    assert changes(ch3) == (1, 0, n)
+    assert changes(ch3) == (0, 1, n)
     got = db.execute(
-        """SELECT status, severity, occurrences, evidence, last_seen_at, count(*) FROM alerts
-           GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3"""
+        """SELECT cleared_at IS NULL, severity, occurrences, evidence, last_seen_at, count(*)
+           FROM alerts GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3"""
     ).fetchall()
     assert got == [
-        ("open", "warning", 1, {}, at(1), 1),
-        ("resolved", "critical", 2, {"silent_s": 7200}, at(2), n - 10),
-        ("resolved", "critical", 3, {}, at(2), 10),  # evidence of the last repeat in the list
+        (False, "critical", 2, {"silent_s": 7200}, at(2), n - 10),
+        (False, "critical", 3, {}, at(2), 9),  # evidence of the last repeat in the list
+        (True, "critical", 4, {}, at(2), 1),  # cleared, then back
     ]
+    # opened, severity (warning -> critical), cleared for each; one returned
+    assert db.execute("SELECT count(*) FROM alert_events").fetchone() == (3 * n + 1,)
 
 
 def test_the_caller_commits(db_url: str, db: psycopg.Connection[Any]) -> None:
@@ -293,13 +362,12 @@ def test_read_alerts_filters_and_count_by_type(db: psycopg.Connection[Any]) -> N
     def got(**kw: Any) -> list[tuple[str, str, datetime]]:
         return [(a.meter_id, a.type, a.detected_at) for a in read_alerts(db, **kw)]
 
-    assert got() == [("A", "leak", at(1)), ("B", "silent", at(2)), ("A", "leak", at(3)),
-                     ("C", "burst", at(4))]  # fmt: skip
-    assert got(since=at(2)) == [("B", "silent", at(2)), ("A", "leak", at(3)), ("C", "burst", at(4))]
+    assert got() == [("A", "leak", at(1)), ("B", "silent", at(2)), ("C", "burst", at(4))]
+    assert got(since=at(2)) == [("B", "silent", at(2)), ("C", "burst", at(4))]
     assert got(until=at(2)) == [("A", "leak", at(1))]
-    assert got(since=at(2), until=at(4), types=["leak", "burst"]) == [("A", "leak", at(3))]
+    assert got(since=at(1), until=at(4), types=["leak", "burst"]) == [("A", "leak", at(1))]
     assert got(types=[]) == []
-    assert count_by_type(db) == {"burst": 1, "leak": 2, "silent": 1}
+    assert count_by_type(db) == {"burst": 1, "leak": 1, "silent": 1}
 
 
 # --- checkpoints ------------------------------------------------------------------------------

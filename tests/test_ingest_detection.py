@@ -17,6 +17,8 @@ from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
 from meterwatch.domain import Meter
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
+from notify.config import NotifyConfig
+from notify.scheduler import Notifier
 from storage.alerts import load_meta, load_states, read_alerts
 from storage.registry import upsert_meters
 from storage.writer import Message
@@ -60,8 +62,11 @@ def ingest_config(db_url: str, mqtt_url: str, prefix: str) -> IngestConfig:
 
 def detection(db_url: str) -> Detection:
     # No checkpoint falls due while the test runs: the one found afterwards was written at stop.
+    # The notifier resolves these two types as soon as their condition clears.
+    notify = NotifyConfig.model_validate({"auto_resolve_h": {"reverse_flow": 0, "tamper": 0}})
     return Detection(
-        DetectionConfig(db_url, ThresholdBook(), FleetSettings(), checkpoint_interval_s=3600)
+        DetectionConfig(db_url, ThresholdBook(), FleetSettings(), checkpoint_interval_s=3600),
+        notifier=Notifier(notify, secret=""),
     )
 
 

@@ -38,7 +38,7 @@ def test_migrate_is_idempotent_and_records_the_flavour(db):
     meta = dict(db.execute("SELECT key, value FROM meterwatch_meta").fetchall())
     assert meta["flavour"] == "postgres" and meta["partition_days"] == "7"
     versions = db.execute("SELECT version, flavour FROM schema_migrations ORDER BY 1").fetchall()
-    assert versions == [(1, "postgres"), (2, "postgres"), (3, "postgres")]
+    assert versions == [(1, "postgres"), (2, "postgres"), (3, "postgres"), (4, "postgres")]
 
 
 def test_timescale_on_fails_clearly_without_the_extension(db_url):

@@ -1,0 +1,223 @@
+"""Everything about alerts that happens because time passed, on the event clock.
+
+Ingest owns the event clock (the detectors' watermark) and calls :class:`Notifier` in the
+transaction that stores a batch's alerts: :meth:`Notifier.after_alerts` writes the notifications
+of what the batch changed, :meth:`Notifier.tick` does what the new event time makes due — release
+customer reminders held through quiet hours, escalate alerts nobody acknowledged within the SLA,
+confirm reported repairs from the data, resolve alerts whose condition has stayed away. Because
+the clock is event time, a replay at 10,000x escalates at the same event times as real time would,
+and an alert is never escalated before its deadline however fast the data arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from meterwatch.domain import ALERT_TYPES
+from notify.config import NotifyConfig
+from notify.model import Trigger
+from notify.outbox import SEVERITY_RANK, enqueue
+from notify.routing import ack_due, auto_resolve_after
+from storage.alerts import AlertChanges
+
+log = logging.getLogger(__name__)
+
+SET_CLOCK = """
+INSERT INTO event_clock (name, at) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET at = greatest(event_clock.at, EXCLUDED.at), updated_at = now()
+RETURNING at
+"""
+
+RELEASE = """
+UPDATE outbox SET hold_until = NULL
+WHERE status = 'pending' AND hold_until IS NOT NULL AND hold_until <= %s
+"""
+
+# New alerts, and open ones that became more severe than what people were last told.
+TO_ANNOUNCE = """
+SELECT id, severity, notified_severity FROM alerts
+WHERE id = ANY(%s::bigint[]) AND status <> 'resolved'
+  AND (notified_severity IS NULL OR
+       array_position(ARRAY['info', 'warning', 'critical'], severity) >
+       array_position(ARRAY['info', 'warning', 'critical'], notified_severity))
+"""
+MARK_ANNOUNCED = """
+UPDATE alerts SET notified_severity = severity WHERE id = ANY(%s::bigint[])
+"""
+
+ESCALATION_CANDIDATES = """
+SELECT id, type, detected_at, escalation_level FROM alerts
+WHERE status = 'open' AND escalation_level < %s AND detected_at <= %s
+"""
+ESCALATE = """
+UPDATE alerts SET escalation_level = %s, updated_at = now() WHERE id = %s AND status = 'open'
+"""
+
+# A reported repair is confirmed when the detector has seen the condition end, or, for a leak,
+# when the meter shows an hour without flow after the leak was last seen.
+CONFIRMABLE = """
+SELECT a.id, coalesce(a.cleared_at, z.hour) AS confirmed_at,
+       coalesce((SELECT e.detail->>'cause' FROM alert_events e
+                 WHERE e.alert_id = a.id AND e.kind = 'repair_reported'
+                 ORDER BY e.id DESC LIMIT 1), 'leak_repaired') AS cause
+FROM alerts a
+LEFT JOIN LATERAL (
+    SELECT h.hour FROM usage_hourly h
+    WHERE a.type = 'leak' AND h.meter_id = a.meter_id AND h.hour >= a.last_seen_at
+      AND h.hour + interval '1 hour' <= %(now)s AND h.volume_m3 < %(zero)s
+      AND h.covered_s >= 3000
+    ORDER BY h.hour LIMIT 1
+) z ON true
+WHERE a.status <> 'resolved' AND a.repair_reported_at IS NOT NULL
+  AND (a.cleared_at IS NOT NULL OR z.hour IS NOT NULL)
+"""
+CONFIRM = """
+UPDATE alerts AS a
+SET status = 'resolved', resolved_at = c.at, confirmed_at = c.at, resolution = c.cause,
+    resolved_by = a.repair_reported_by,
+    volume_lost_m3 = a.estimated_loss_m3_per_day
+                     * greatest(extract(epoch FROM c.at - a.started_at), 0) / 86400.0,
+    volume_saved_m3 = a.estimated_loss_m3_per_day * %s, updated_at = now()
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS c(id, at, cause)
+WHERE a.id = c.id AND a.status <> 'resolved'
+RETURNING a.id, c.at
+"""
+
+# Conditions that ended long enough ago (per type) resolve their alert, unless a repair report is
+# waiting for its own confirmation.
+AUTO_RESOLVE = """
+UPDATE alerts AS a
+SET status = 'resolved', resolved_at = a.cleared_at, resolution = 'cleared',
+    resolved_by = 'system',
+    volume_lost_m3 = a.estimated_loss_m3_per_day
+                     * greatest(extract(epoch FROM a.cleared_at - a.started_at), 0) / 86400.0,
+    updated_at = now()
+FROM unnest(%s::text[], %s::float8[]) AS r(type, hours)
+WHERE a.type = r.type AND a.status <> 'resolved' AND a.cleared_at IS NOT NULL
+  AND a.repair_reported_at IS NULL
+  AND a.cleared_at + make_interval(secs => r.hours * 3600) <= %s
+RETURNING a.id, a.cleared_at
+"""
+
+EVENT = """
+INSERT INTO alert_events (alert_id, event_time, kind, detail)
+SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::jsonb[])
+"""
+
+ZERO_M3 = 0.0005  # below half a litre an hour is no flow (the register's resolution)
+
+
+@dataclass(slots=True)
+class TickResult:
+    clock: datetime | None = None
+    released: int = 0
+    escalated: int = 0
+    confirmed: int = 0
+    resolved: int = 0
+    queued: int = 0
+    events: list[tuple[int, datetime, str, dict[str, Any]]] = field(default_factory=list)
+
+
+class Notifier:
+    """The alert side of ingest: notifications for changes, and the event-time scheduler."""
+
+    def __init__(self, config: NotifyConfig, secret: str, *, clock_name: str = "ingest") -> None:
+        self.config = config
+        self.secret = secret
+        self.clock_name = clock_name
+
+    def after_alerts(self, conn: psycopg.Connection[Any], changes: AlertChanges) -> int:
+        """Queue the notifications of one :func:`storage.alerts.apply_alerts` result."""
+        queued = 0
+        reopened = set(changes.reopened_ids)
+        if reopened:
+            queued += enqueue(conn, sorted(reopened), Trigger.REOPENED, self.config, self.secret)
+        rows = conn.execute(TO_ANNOUNCE, (changes.ids,)).fetchall() if changes.ids else []
+        opened = [r[0] for r in rows if r[2] is None and r[0] not in reopened]
+        rose = [
+            r[0]
+            for r in rows
+            if r[2] is not None
+            and r[0] not in reopened
+            and SEVERITY_RANK.get(r[1], 0) > SEVERITY_RANK.get(r[2], 0)
+        ]
+        queued += enqueue(conn, opened, Trigger.OPENED, self.config, self.secret)
+        queued += enqueue(conn, rose, Trigger.SEVERITY, self.config, self.secret)
+        announced = [r[0] for r in rows] + sorted(reopened)
+        if announced:
+            conn.execute(MARK_ANNOUNCED, (announced,))
+        return queued
+
+    def tick(self, conn: psycopg.Connection[Any], now: datetime) -> TickResult:
+        """Advance the event clock to ``now`` and do what has become due (caller's transaction)."""
+        res = TickResult()
+        row = conn.execute(SET_CLOCK, (self.clock_name, now)).fetchone()
+        now = res.clock = row[0] if row else now
+        res.released = conn.execute(RELEASE, (now,)).rowcount
+        self._escalate(conn, now, res)
+        self._confirm(conn, now, res)
+        self._auto_resolve(conn, now, res)
+        if res.events:
+            cols = list(zip(*res.events, strict=True))
+            conn.execute(
+                EVENT, (list(cols[0]), list(cols[1]), list(cols[2]), [Jsonb(d) for d in cols[3]])
+            )
+        return res
+
+    def _escalate(self, conn: psycopg.Connection[Any], now: datetime, res: TickResult) -> None:
+        top = self.config.max_level
+        if top <= 0:
+            return
+        shortest = min(ack_due(self.config, t) for t in ALERT_TYPES)
+        rows = conn.execute(ESCALATION_CANDIDATES, (top, now - shortest)).fetchall()
+        for alert_id, alert_type, detected_at, level in rows:
+            due = ack_due(self.config, alert_type)
+            reached = min(top, int((now - detected_at) / due)) if due > timedelta(0) else top
+            if reached <= level:
+                continue
+            conn.execute(ESCALATE, (reached, alert_id))
+            for lvl in range(level + 1, reached + 1):
+                at = detected_at + due * lvl
+                res.events.append((alert_id, at, "escalated", {"level": lvl}))
+                res.queued += enqueue(
+                    conn, [alert_id], Trigger.ESCALATED, self.config, self.secret, level=lvl, at=at
+                )
+            res.escalated += 1
+
+    def _confirm(self, conn: psycopg.Connection[Any], now: datetime, res: TickResult) -> None:
+        found = conn.execute(CONFIRMABLE, {"now": now, "zero": ZERO_M3}).fetchall()
+        if not found:
+            return
+        done = conn.execute(
+            CONFIRM,
+            (
+                self.config.saved_horizon_days,
+                [r[0] for r in found],
+                [r[1] for r in found],
+                [r[2] for r in found],
+            ),
+        ).fetchall()
+        for alert_id, at in done:
+            res.events.append((alert_id, at, "confirmed", {}))
+            res.events.append((alert_id, at, "resolved", {"cause": "repair confirmed by data"}))
+        res.confirmed += len(done)
+        res.queued += enqueue(
+            conn, [d[0] for d in done], Trigger.RESOLVED, self.config, self.secret, at=now
+        )
+
+    def _auto_resolve(self, conn: psycopg.Connection[Any], now: datetime, res: TickResult) -> None:
+        types = list(ALERT_TYPES)
+        hours = [auto_resolve_after(self.config, t).total_seconds() / 3600.0 for t in types]
+        done = conn.execute(AUTO_RESOLVE, (types, hours, now)).fetchall()
+        for alert_id, at in done:
+            res.events.append((alert_id, at, "resolved", {"cause": "cleared"}))
+        res.resolved += len(done)
+        res.queued += enqueue(
+            conn, [d[0] for d in done], Trigger.RESOLVED, self.config, self.secret, at=now
+        )
