@@ -74,6 +74,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("detector_config", "notify_config", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, v: object) -> object:
+        # Compose passes unset file settings as "" (``${NAME:-}``); that means "no file".
+        return None if v == "" else v
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_ends_with_slash(cls, v: str) -> str:

@@ -37,7 +37,7 @@ from tests.helpers import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-APP_SERVICES = ("migrate", "ingest", "api", "simulator")
+APP_SERVICES = ("migrate", "ingest", "notify", "api", "simulator")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b", re.IGNORECASE)
 # $$, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, or a bare $.
 VAR = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?])([^}]*))?\}|)")
@@ -89,7 +89,8 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose(raw: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = interpolate(raw, {"METERWATCH_DB_PASSWORD": "not-a-real-secret"})
+    secrets = {"METERWATCH_DB_PASSWORD": "not-a-real-secret", "METERWATCH_SECRET_KEY": "k"}
+    data: dict[str, Any] = interpolate(raw, secrets)
     return data
 
 
@@ -129,7 +130,9 @@ def expiration_seconds(value: str) -> int:
 
 def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"timescaledb", "mosquitto", "migrate", "ingest", "api", "simulator"}
+    assert set(services) >= {
+        "timescaledb", "mosquitto", "migrate", "ingest", "notify", "api", "simulator"
+    }  # fmt: skip
     assert services["simulator"]["profiles"] == ["sim"]
     assert [n for n, s in services.items() if "profiles" in s] == ["simulator"]
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:2.")
@@ -158,7 +161,7 @@ def test_depends_on_always_has_a_condition(compose: dict[str, Any]) -> None:
 
 def test_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("timescaledb", "mosquitto", "api", "ingest"):
+    for name in ("timescaledb", "mosquitto", "api", "ingest", "notify"):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
     assert services["timescaledb"]["healthcheck"]["test"][1] == "pg_isready"
@@ -178,11 +181,12 @@ def test_migrate_is_one_shot(compose: dict[str, Any]) -> None:
 
 def test_long_running_services_restart_and_stop_gracefully(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("timescaledb", "mosquitto", "ingest", "api"):
+    for name in ("timescaledb", "mosquitto", "ingest", "notify", "api"):
         assert services[name]["restart"] == "unless-stopped", name
     for name in APP_SERVICES:
         assert services[name]["init"] is True, f"{name}: SIGTERM must reach meterwatch"
     assert seconds(services["ingest"]["stop_grace_period"]) >= 20
+    assert seconds(services["notify"]["stop_grace_period"]) >= 20
     assert seconds(services["mosquitto"]["stop_grace_period"]) >= 30
 
 
@@ -231,9 +235,15 @@ def test_no_secret_has_a_default(raw: dict[str, Any]) -> None:
             assert not re.search(r"://[^/\s@]+:[^/\s@]+@", value), f"credentials in URL {key}"
 
 
-def test_missing_password_is_refused(raw: dict[str, Any]) -> None:
-    for env in ({}, {"METERWATCH_DB_PASSWORD": ""}):
+def test_missing_secrets_are_refused(raw: dict[str, Any]) -> None:
+    for env in ({}, {"METERWATCH_DB_PASSWORD": "", "METERWATCH_SECRET_KEY": "k"}):
         with pytest.raises(MissingVariable, match="METERWATCH_DB_PASSWORD"):
+            interpolate(raw, env)
+    for env in (
+        {"METERWATCH_DB_PASSWORD": "p"},
+        {"METERWATCH_DB_PASSWORD": "p", "METERWATCH_SECRET_KEY": ""},
+    ):
+        with pytest.raises(MissingVariable, match="METERWATCH_SECRET_KEY"):
             interpolate(raw, env)
 
 
