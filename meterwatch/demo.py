@@ -37,6 +37,7 @@ from meterwatch.embedded import (
 )
 from meterwatch.mqtt import BrokerAddress
 from meterwatch.settings import Settings
+from notify.service import dispatcher_from, serve_until
 from simulators.fleet import FleetSeries, generate, make_fleet
 from simulators.publish import publish_fleet
 from storage.alerts import count_by_type
@@ -146,6 +147,14 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(stop,), name="ingest")
         ingest_thread.start()
+        notify_stop = threading.Event()
+        notifier = threading.Thread(
+            target=serve_until,
+            args=(dispatcher_from(settings), notify_stop),
+            name="notify",
+            daemon=True,
+        )
+        notifier.start()
         if not ingest.ready.wait(30):
             raise RuntimeError(f"ingest could not subscribe at {settings.mqtt_url}")
 
@@ -201,8 +210,14 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
                 pass
         stop.set()
         ingest_thread.join(30)
+        _drain_outbox(settings.database_url, timeout_s=10.0)
+        notify_stop.set()
+        notifier.join(30)
         with connect(settings.database_url) as conn:
             summary["alerts"] = count_by_type(conn)
+            summary["notifications"] = dict(
+                conn.execute("SELECT status, count(*) FROM outbox GROUP BY 1 ORDER BY 1")
+            )
         summary["ingest"] = {
             "batches": ingest.stats.batches,
             "duplicates": ingest.stats.duplicates,
@@ -221,6 +236,19 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
 
 
 DEMO_LEAK_LPH = 20.0
+
+
+def _drain_outbox(database_url: str, timeout_s: float) -> None:
+    """Give the notifier a moment to send what the last batches queued."""
+    deadline = time.monotonic() + timeout_s
+    with connect(database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM outbox WHERE status = 'pending' AND hold_until IS NULL"
+            ).fetchone()
+            if not row or row[0] == 0:
+                return
+            time.sleep(0.2)
 
 
 def _spring_a_leak(series: FleetSeries, meter: int) -> None:

@@ -53,20 +53,25 @@ async def serve(dispatcher: Dispatcher, stop: asyncio.Event) -> DispatchStats:
     return await dispatcher.run(stop)
 
 
-def run(settings: Settings) -> DispatchStats:
-    """Dispatch until SIGINT/SIGTERM."""
-    dispatcher = dispatcher_from(settings)
-    stop = threading.Event()
+def serve_until(dispatcher: Dispatcher, stop: threading.Event) -> DispatchStats:
+    """Dispatch on an event loop of this thread until ``stop`` is set (from any thread)."""
 
     async def main() -> DispatchStats:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         waiter = loop.run_in_executor(None, stop.wait)
-        waiter.add_done_callback(lambda _f: done.set())
+        waiter.add_done_callback(lambda _f: loop.call_soon_threadsafe(done.set))
         try:
             return await serve(dispatcher, done)
         finally:
             stop.set()
 
+    return asyncio.run(main())
+
+
+def run(settings: Settings) -> DispatchStats:
+    """Dispatch until SIGINT/SIGTERM."""
+    dispatcher = dispatcher_from(settings)
+    stop = threading.Event()
     with stop_on_signals(stop, log, "finishing sends in hand and stopping"):
-        return asyncio.run(main())
+        return serve_until(dispatcher, stop)

@@ -30,6 +30,8 @@ def check(summary: dict, expected: int, alerts: dict[str, int] | None = None) ->
     assert summary["dead_letters"] == 0
     # The demo's last meter leaks from a quarter of the way in: a day later it is an alert.
     assert summary["alerts"] == (alerts or {})
+    # Each alert was announced once on the dashboard's live stream (the default routing).
+    assert summary["notifications"] == ({"sent": sum(alerts.values())} if alerts else {})
     assert summary["api_check"]["healthz"] == "ok"
     assert summary["api_check"]["usage_m3"] == pytest.approx(
         summary["api_check"]["register_delta_m3"], abs=1e-6
