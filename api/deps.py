@@ -15,6 +15,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from meterwatch.settings import Settings
+from notify.config import NotifyConfig
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
@@ -27,8 +28,13 @@ def get_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
+def get_notify(request: Request) -> NotifyConfig:
+    return cast(NotifyConfig, request.state.notify)
+
+
 PoolDep = Annotated[Pool, Depends(get_pool)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+NotifyDep = Annotated[NotifyConfig, Depends(get_notify)]
 
 
 async def get_conn(pool: PoolDep) -> AsyncIterator[AsyncConnection[TupleRow]]:

@@ -19,10 +19,12 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
 from api.deps import Pool
-from api.routes import alerts, health, meters
+from api.routes import alerts, feedback, health, meters, sla, stream
 from meterwatch import __version__
 from meterwatch.settings import Settings
+from notify.config import NotifyConfig
 from storage.db import SESSION_OPTIONS
+from storage.lifecycle import AlertNotFound, IllegalTransition
 
 API_V1 = "/api/v1"
 POOL_MIN_SIZE = 1
@@ -42,6 +44,15 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    """The alert's state does not allow the change (e.g. acknowledging a resolved alert)."""
+    return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A bug still answers in JSON; the server logs the traceback, the client gets no internals."""
     return JSONResponse({"detail": "internal error"}, status.HTTP_500_INTERNAL_SERVER_ERROR)
@@ -55,9 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        # Read before anything opens: a broken notification config stops the start with the
+        # file's problem, not the first resolve with a 500.
+        notify = NotifyConfig.load(settings.notify_config)
         # Not waiting for the pool to fill lets the API start while the database is still coming
-        # up; /healthz reports it until then. Autocommit because every request is a read and needs
-        # no transaction; the connection check replaces connections a database restart broke.
+        # up; /healthz reports it until then. Autocommit because most requests are reads; the
+        # lifecycle routes open their own transaction. The connection check replaces connections
+        # a database restart broke.
         pool: Pool = AsyncConnectionPool(
             url,
             open=False,
@@ -70,19 +85,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await pool.open()
         try:
-            yield {"pool": pool, "settings": settings}
+            yield {
+                "pool": pool,
+                "settings": settings,
+                "notify": notify,
+                "streams": stream.StreamSlots(stream.STREAMS_MAX),
+            }
         finally:
             await pool.close()
 
     app = FastAPI(
         title="meterwatch",
         version=__version__,
-        summary="Smart water meters: registry, readings and usage.",
+        summary="Smart water meters: registry, readings, usage and alerts with their lifecycle.",
         lifespan=lifespan,
     )
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(AlertNotFound, _not_found)
+    app.add_exception_handler(IllegalTransition, _conflict)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(health.router)
     app.include_router(meters.router, prefix=API_V1)
+    # Before alerts: /alerts/stream would otherwise be taken for /alerts/{alert_id}.
+    app.include_router(stream.router, prefix=API_V1)
     app.include_router(alerts.router, prefix=API_V1)
+    app.include_router(feedback.router, prefix=API_V1)
+    app.include_router(sla.router, prefix=API_V1)
     return app

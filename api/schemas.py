@@ -24,6 +24,7 @@ from pydantic import (
 
 from detectors.alert import ALERT_TYPES, Severity
 from meterwatch.domain import MeterKind
+from storage.lifecycle import Answer, Cause
 
 T = TypeVar("T")
 
@@ -161,6 +162,141 @@ class AlertPublic(_FromRow):
     )
     occurrences: int = Field(description="reports of the condition while the alert was open")
     message: dict[str, str] = Field(description="text for people, by language (zh, en)")
+    team: str | None = Field(description="the field team whose area the meter is in")
+    cleared_at: datetime | None = Field(
+        description="when the detector last saw the condition end (event time); null while it lasts"
+    )
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_by: str | None
+    resolution_note: str | None
+    escalation_level: int = Field(description="0 until nobody acknowledged in time")
+    reopened: int = Field(description="times the condition came back soon after a resolve")
+    repair_reported_at: datetime | None = Field(
+        description="staff reported a repair; the alert closes when the data confirms it"
+    )
+    repair_reported_by: str | None
+    confirmed_at: datetime | None = Field(description="when the data confirmed the repair")
+    volume_lost_m3: float | None = Field(description="estimated loss over the whole episode")
+    volume_saved_m3: float | None = Field(description="loss a confirmed repair avoided")
+    ack_due_at: datetime | None = Field(
+        default=None, description="acknowledge by: detected_at + the type's target"
+    )
+    resolve_due_at: datetime | None = Field(
+        default=None, description="resolve by: detected_at + the severity's target"
+    )
+
+
+Actor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]+$",
+        description="who does it; required until the API has authentication, then taken from it",
+    ),
+]
+Note = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
+
+
+class AcknowledgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: Actor
+    note: Note = ""
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: Actor
+    cause: Cause = Field(
+        description="leak_repaired and meter_fault wait for the data while the condition lasts"
+    )
+    note: Note = ""
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: Answer
+    days: float | None = Field(
+        default=None,
+        gt=0,
+        le=3650,
+        description="expected: how long to suppress; the config's default when left out, "
+        "capped at its maximum",
+    )
+    note: Note = ""
+    actor: Actor = "customer"
+
+
+class EventPublic(_FromRow):
+    id: int
+    at: datetime = Field(description="wall clock of the change")
+    event_time: datetime | None = Field(description="event time it refers to, if any")
+    kind: str
+    actor: str
+    detail: dict[str, JsonValue]
+
+
+class AttemptPublic(_FromRow):
+    attempt: int
+    at: datetime
+    duration_ms: float
+    ok: bool
+    detail: str
+
+
+class DeliveryPublic(_FromRow):
+    """One notification of the alert on one channel, and how sending it went."""
+
+    id: int
+    trigger: str
+    level: int
+    channel: str
+    audience: str
+    idem_key: str
+    title: str | None
+    status: Literal["pending", "sent", "dead", "cancelled"]
+    attempts: int
+    hold_until: datetime | None = Field(description="held back through quiet hours until then")
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    tries: list[AttemptPublic]
+
+
+class SlaRowPublic(_FromRow):
+    team: str | None
+    month: str = Field(description="YYYY-MM of detected_at in the deployment's zone")
+    type: str | None = Field(description="with by=type; null otherwise")
+    alerts: int
+    acknowledged: int
+    ack_median_min: float | None
+    ack_p90_min: float | None
+    ack_met: int = Field(description="acknowledged within the type's target")
+    ack_missed: int = Field(description="acknowledged late, or not by the target while unresolved")
+    ack_within_target: float | None = Field(description="met / (met + missed)")
+    resolved: int
+    resolve_median_h: float | None
+    resolve_p90_h: float | None
+    resolve_met: int
+    resolve_missed: int
+    resolve_within_target: float | None
+
+
+class SlaTargets(BaseModel):
+    ack_min: dict[str, float] = Field(description="time to acknowledge by alert type, minutes")
+    resolve_h: dict[str, float] = Field(description="time to resolve by severity, hours")
+
+
+class SlaReportPublic(BaseModel):
+    since: datetime
+    until: datetime
+    as_of: datetime = Field(description="alerts still open are judged at this time")
+    timezone: str
+    by: Literal["type"] | None
+    targets: SlaTargets
+    rows: list[SlaRowPublic]
 
 
 class HealthPublic(BaseModel):

@@ -116,6 +116,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     uvicorn.run(
         "api.main:create_app", factory=True, host=settings.api_host, port=settings.api_port,
         log_level=settings.log_level.lower(), proxy_headers=True,
+        # Live streams (server-sent events) stay open; don't let them hold up a stop.
+        timeout_graceful_shutdown=5,
     )  # fmt: skip
     return 0
 

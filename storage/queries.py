@@ -24,10 +24,13 @@ METER_COLUMNS = sql.SQL(
        m.closed_hours, m.expected_interval_s, m.auto_registered"""
 )
 
+# Unqualified, so they read from ``alerts`` under any alias-free FROM (storage.alerts uses them).
 ALERT_COLUMNS = sql.SQL(
     """id, tenant, meter_id, dma, type, severity, status, started_at, detected_at, last_seen_at,
        resolved_at, resolution, evidence, estimated_loss_m3_per_day, estimated_cost_cny_per_day,
-       occurrences, message"""
+       occurrences, message, team, cleared_at, acknowledged_at, acknowledged_by, resolved_by,
+       resolution_note, escalation_level, reopened, repair_reported_at, repair_reported_by,
+       confirmed_at, volume_lost_m3, volume_saved_m3"""
 )
 
 # The newest reading of each meter is one backward step on the (meter_id, ts) primary key, so a
@@ -110,6 +113,20 @@ class AlertRow:
     estimated_cost_cny_per_day: float | None
     occurrences: int
     message: Any
+    # The lifecycle (0004_notify.sql). Defaults keep rows built by hand, as tests do, valid.
+    team: str | None = None
+    cleared_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_by: str | None = None
+    resolution_note: str | None = None
+    escalation_level: int = 0
+    reopened: int = 0
+    repair_reported_at: datetime | None = None
+    repair_reported_by: str | None = None
+    confirmed_at: datetime | None = None
+    volume_lost_m3: float | None = None
+    volume_saved_m3: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,7 @@ async def usage(
 def _alert_filters(
     *,
     tenant: str | None,
+    team: str | None,
     meter_id: str | None,
     type: str | None,
     status: str | None,
@@ -255,6 +273,7 @@ def _alert_filters(
         col: value
         for col, value in (
             ("tenant", tenant),
+            ("team", team),
             ("meter_id", meter_id),
             ("type", type),
             ("status", status),
@@ -280,6 +299,7 @@ async def list_alerts(
     conn: AsyncConnection[Any],
     *,
     tenant: str | None = None,
+    team: str | None = None,
     meter_id: str | None = None,
     type: str | None = None,
     status: str | None = None,
@@ -291,8 +311,8 @@ async def list_alerts(
 ) -> list[AlertRow]:
     """Alerts detected in ``[since, until)``, newest first (id breaks ties, so pages are stable)."""
     where, params = _alert_filters(
-        tenant=tenant, meter_id=meter_id, type=type, status=status, severity=severity,
-        since=since, until=until,
+        tenant=tenant, team=team, meter_id=meter_id, type=type, status=status,
+        severity=severity, since=since, until=until,
     )  # fmt: skip
     query = sql.SQL(
         """SELECT {cols} FROM alerts {where}
@@ -307,6 +327,7 @@ async def count_alerts(
     conn: AsyncConnection[Any],
     *,
     tenant: str | None = None,
+    team: str | None = None,
     meter_id: str | None = None,
     type: str | None = None,
     status: str | None = None,
@@ -315,8 +336,8 @@ async def count_alerts(
     until: datetime | None = None,
 ) -> int:
     where, params = _alert_filters(
-        tenant=tenant, meter_id=meter_id, type=type, status=status, severity=severity,
-        since=since, until=until,
+        tenant=tenant, team=team, meter_id=meter_id, type=type, status=status,
+        severity=severity, since=since, until=until,
     )  # fmt: skip
     cur = await conn.execute(sql.SQL("SELECT count(*) FROM alerts {}").format(where), params)
     row = await cur.fetchone()

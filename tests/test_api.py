@@ -595,4 +595,12 @@ def test_openapi_lists_the_endpoints(client: TestClient) -> None:
         "/api/v1/meters/{meter_id}/usage",
         "/api/v1/alerts",
         "/api/v1/alerts/{alert_id}",
+        "/api/v1/alerts/{alert_id}/acknowledge",
+        "/api/v1/alerts/{alert_id}/resolve",
+        "/api/v1/alerts/{alert_id}/feedback",
+        "/api/v1/alerts/{alert_id}/events",
+        "/api/v1/alerts/{alert_id}/deliveries",
+        "/api/v1/alerts/stream",
+        "/api/v1/feedback/{token}",
+        "/api/v1/sla",
     }

@@ -62,9 +62,15 @@ def inbox(db: psycopg.Connection[Any]) -> dict[str, int]:
         alert("WH-9", "tamper", C, 6),
         alert("WH-1", "leak", C, 7, loss=1.5),
     ])  # fmt: skip
-    assert (ch.opened, ch.updated, ch.resolved) == (5, 1, 1)
+    assert (ch.opened, ch.updated, ch.cleared) == (5, 1, 1)
     leak, burst, silent, battery, tamper = ch.ids
     db.execute("UPDATE alerts SET status = 'acknowledged' WHERE id = %s", (battery,))
+    # A clear only ends the condition; the scheduler resolves the alert later, as done here.
+    db.execute(
+        """UPDATE alerts SET status = 'resolved', resolved_at = cleared_at, resolution = 'cleared'
+           WHERE id = %s""",
+        (silent,),
+    )
     db.commit()
     return {"leak": leak, "burst": burst, "silent": silent, "battery": battery, "tamper": tamper}
 
@@ -90,7 +96,13 @@ def test_list_is_newest_first_with_every_field(client: TestClient, inbox: dict[s
         "detected_at": "2026-11-21T01:00:00Z", "last_seen_at": "2026-11-21T07:00:00Z",
         "resolved_at": None, "resolution": None, "evidence": {"h": 7},
         "estimated_loss_m3_per_day": 1.5, "estimated_cost_cny_per_day": 6.0, "occurrences": 2,
-        "message": {},
+        "message": {}, "team": None, "cleared_at": None, "acknowledged_at": None,
+        "acknowledged_by": None, "resolved_by": None, "resolution_note": None,
+        "escalation_level": 0, "reopened": 0, "repair_reported_at": None,
+        "repair_reported_by": None, "confirmed_at": None, "volume_lost_m3": None,
+        "volume_saved_m3": None,
+        # The default targets: a leak is acknowledged in 30 min, a critical alert resolved in 4 h.
+        "ack_due_at": "2026-11-21T01:30:00Z", "resolve_due_at": "2026-11-21T05:00:00Z",
     }  # fmt: skip
     silent = body["items"][2]
     assert (silent["status"], silent["resolved_at"], silent["resolution"]) == (
