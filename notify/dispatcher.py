@@ -6,8 +6,9 @@ committed), sends them outside any transaction and records each attempt. Several
 run at once; a dispatcher that dies mid-send leaves leased rows that another claims when the lease
 runs out, so a row can be sent twice: every notification carries its idempotency key for the
 receiver to drop the repeat. After a retryable failure the worker puts the rest of its claim back
-with the same backoff instead of trying them one by one, so a receiver that is down costs one
-timeout per backoff period, not one per notification.
+with the same backoff and claims nothing more for its channel until then: the backoff belongs to
+the channel (consecutive failures), so a receiver that is down costs one try per backoff period,
+however many notifications queue up meanwhile.
 
 Times here are the wall clock (``clock``, injectable for tests): retries are about when a receiver
 comes back, not about event time.
@@ -125,6 +126,8 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.stats = DispatchStats()
         self._conns: dict[str, psycopg.AsyncConnection[Any]] = {}
+        self._failures: dict[str, int] = dict.fromkeys(self.channels, 0)  # consecutive, per channel
+        self._blocked_until: dict[str, datetime] = {}
 
     async def _conn(self, name: str) -> psycopg.AsyncConnection[Any]:
         conn = self._conns.get(name)
@@ -143,6 +146,9 @@ class Dispatcher:
     async def drain(self, name: str) -> DispatchStats:
         """Send the due rows of one channel until none is left (or the channel fails)."""
         stats = DispatchStats()
+        blocked = self._blocked_until.get(name)
+        if blocked is not None and self.clock() < blocked:
+            return stats
         while True:
             claimed = await self._claim(name)
             if not claimed:
@@ -189,7 +195,10 @@ class Dispatcher:
                 now = self.clock()
                 too_old = now - created_at > timedelta(hours=self.config.give_up_h)
                 dead = not retryable or too_old
-                delay = backoff(attempt, self.config.backoff_s, self.config.backoff_max_s, self.rng)
+                if not dead:
+                    self._failures[name] = self._failures.get(name, 0) + 1
+                tries = max(attempt, self._failures.get(name, 0))
+                delay = backoff(tries, self.config.backoff_s, self.config.backoff_max_s, self.rng)
                 nxt = now + timedelta(seconds=delay)
                 async with conn.transaction():
                     await conn.execute(
@@ -207,6 +216,7 @@ class Dispatcher:
                     log.error("%s: giving up on outbox row %d: %s", name, row_id, error)
                     continue
                 stats.failed += 1
+                self._blocked_until[name] = nxt
                 rest = [c[0] for c in claimed[i + 1 :]]
                 if rest:
                     await conn.execute(DEFER, {"ids": rest, "next": nxt})
@@ -220,6 +230,8 @@ class Dispatcher:
                 await conn.execute(SENT, {"id": row_id, "now": self.clock()})
                 await conn.execute(LOG, _log(row_id, attempt, name, started, ms, True, detail))
             stats.sent += 1
+            self._failures[name] = 0
+            self._blocked_until.pop(name, None)
         return None
 
     async def mark_orphans(self) -> int:
