@@ -50,18 +50,20 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox o SET lease_until = %(lease)s FROM due WHERE o.id = due.id
-RETURNING o.id, o.attempts, o.payload, o.created_at
+RETURNING o.id, o.attempts, o.payload, o.created_at, o.lease_until
 """
 
+# Outcomes are recorded only under our own lease: a send that outlived its lease may have been
+# claimed and finished by another dispatcher since, and must not undo what that one recorded.
 SENT = """
 UPDATE outbox SET status = 'sent', sent_at = %(now)s, attempts = attempts + 1,
     lease_until = NULL, last_error = NULL
-WHERE id = %(id)s
+WHERE id = %(id)s AND status = 'pending' AND lease_until = %(lease)s
 """
 FAILED = """
 UPDATE outbox SET status = %(status)s, attempts = attempts + 1, next_attempt_at = %(next)s,
     lease_until = NULL, last_error = %(error)s
-WHERE id = %(id)s
+WHERE id = %(id)s AND status = 'pending' AND lease_until = %(lease)s
 """
 DEFER = """
 UPDATE outbox SET next_attempt_at = %(next)s, lease_until = NULL
@@ -153,13 +155,15 @@ class Dispatcher:
             claimed = await self._claim(name)
             if not claimed:
                 break
+            # A full claim may have more behind it, a sent row may have released the next of
+            # its alert: claim again until nothing is due or the channel fails.
             failed_at = await self._send_all(name, claimed, stats)
-            if failed_at is not None or len(claimed) < self.config.batch:
+            if failed_at is not None:
                 break
         self.stats.add(stats)
         return stats
 
-    async def _claim(self, name: str) -> list[tuple[int, int, dict[str, Any], datetime]]:
+    async def _claim(self, name: str) -> list[tuple[int, int, dict[str, Any], datetime, datetime]]:
         now = self.clock()
         conn = await self._conn(name)
         params = {
@@ -174,12 +178,12 @@ class Dispatcher:
     async def _send_all(
         self,
         name: str,
-        claimed: list[tuple[int, int, dict[str, Any], datetime]],
+        claimed: list[tuple[int, int, dict[str, Any], datetime, datetime]],
         stats: DispatchStats,
     ) -> int | None:
         channel = self.channels[name]
         conn = await self._conn(name)
-        for i, (row_id, attempts, payload, created_at) in enumerate(claimed):
+        for i, (row_id, attempts, payload, created_at, lease) in enumerate(claimed):
             attempt = attempts + 1
             started = self.clock()
             t0 = time.perf_counter()
@@ -208,6 +212,7 @@ class Dispatcher:
                             "status": "dead" if dead else "pending",
                             "next": nxt,
                             "error": error,
+                            "lease": lease,
                         },
                     )
                     await conn.execute(LOG, _log(row_id, attempt, name, started, ms, False, error))
@@ -227,7 +232,7 @@ class Dispatcher:
                 return row_id
             ms = (time.perf_counter() - t0) * 1000.0
             async with conn.transaction():
-                await conn.execute(SENT, {"id": row_id, "now": self.clock()})
+                await conn.execute(SENT, {"id": row_id, "now": self.clock(), "lease": lease})
                 await conn.execute(LOG, _log(row_id, attempt, name, started, ms, True, detail))
             stats.sent += 1
             self._failures[name] = 0

@@ -123,7 +123,10 @@ def plan(
         alert_json = {**f.to_json(), "message": message}
         n_seq = _seq(trigger, f, reopened) if seq is None else seq
         ack_by, resolve_by = deadlines(config, f)
-        for target in route(config, f, trigger, lvl, at):
+        # The change happened when it was detected (a new alert) or last seen (a rise in
+        # severity, a reopening): quiet hours are judged then.
+        when = at or (f.detected_at if trigger == Trigger.OPENED else f.last_seen_at)
+        for target in route(config, f, trigger, lvl, when):
             title, text = content.render(
                 f, target.audience, trigger, target.lang, hotline=config.hotline,
                 links=links if target.audience == Audience.CUSTOMER else {"alert": links["alert"]},
@@ -134,7 +137,7 @@ def plan(
                 key=key, channel=target.channel, audience=target.audience, trigger=trigger,
                 lang=target.lang, title=title, text=text, alert=alert_json,
                 links=links if target.audience == Audience.CUSTOMER else {"alert": links["alert"]},
-                created_at=iso(at or f.last_seen_at),
+                created_at=iso(when),
             )  # fmt: skip
             rows.append(
                 OutboxRow(

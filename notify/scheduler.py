@@ -51,9 +51,10 @@ MARK_ANNOUNCED = """
 UPDATE alerts SET notified_severity = severity WHERE id = ANY(%s::bigint[])
 """
 
+# An alert's acknowledge clock runs from its detection, or from its reopening.
 ESCALATION_CANDIDATES = """
-SELECT id, type, detected_at, escalation_level FROM alerts
-WHERE status = 'open' AND escalation_level < %s AND detected_at <= %s
+SELECT id, type, coalesce(reopened_at, detected_at), escalation_level FROM alerts
+WHERE status = 'open' AND escalation_level < %s AND coalesce(reopened_at, detected_at) <= %s
 """
 ESCALATE = """
 UPDATE alerts SET escalation_level = %s, updated_at = now() WHERE id = %s AND status = 'open'
@@ -181,9 +182,9 @@ class Notifier:
             reached = min(top, int((now - detected_at) / due)) if due > timedelta(0) else top
             if reached <= level:
                 continue
-            conn.execute(ESCALATE, (reached, alert_id))
             for lvl in range(level + 1, reached + 1):
                 at = detected_at + due * lvl
+                conn.execute(ESCALATE, (lvl, alert_id))  # each rung hears its own level
                 res.events.append((alert_id, at, "escalated", {"level": lvl}))
                 res.queued += enqueue(
                     conn, [alert_id], Trigger.ESCALATED, self.config, self.secret, level=lvl, at=at

@@ -103,7 +103,8 @@ WITH x AS (
     ORDER BY a.meter_id, a.type, a.resolved_at DESC
 )
 UPDATE alerts AS a
-SET status = 'open', reopened = a.reopened + 1, resolved_at = NULL, resolved_by = NULL,
+SET status = 'open', reopened = a.reopened + 1, reopened_at = last.detected_at,
+    resolved_at = NULL, resolved_by = NULL,
     resolution = NULL, resolution_note = NULL, cleared_at = NULL, acknowledged_at = NULL,
     acknowledged_by = NULL, escalation_level = 0, repair_reported_at = NULL,
     repair_reported_by = NULL, confirmed_at = NULL, volume_lost_m3 = NULL,

@@ -31,11 +31,13 @@ WITH ack_target AS (
            to_char(a.detected_at AT TIME ZONE %(tz)s, 'YYYY-MM') AS month,
            CASE WHEN %(by_type)s THEN a.type END AS type,
            a.acknowledged_at, a.resolved_at,
-           extract(epoch FROM a.acknowledged_at - a.detected_at)::float8 AS ack_s,
-           extract(epoch FROM a.resolved_at - a.detected_at)::float8 AS resolve_s,
-           a.detected_at + make_interval(secs => k.secs) AS ack_due,
-           a.detected_at + make_interval(secs => r.secs) AS resolve_due
+           extract(epoch FROM a.acknowledged_at - c.since)::float8 AS ack_s,
+           extract(epoch FROM a.resolved_at - c.since)::float8 AS resolve_s,
+           c.since + make_interval(secs => k.secs) AS ack_due,
+           c.since + make_interval(secs => r.secs) AS resolve_due
     FROM alerts a
+    -- A reopened alert's targets run again from its reopening.
+    CROSS JOIN LATERAL (SELECT coalesce(a.reopened_at, a.detected_at) AS since) c
     LEFT JOIN ack_target k ON k.type = a.type
     LEFT JOIN resolve_target r ON r.severity = a.severity
     WHERE a.detected_at >= %(since)s AND a.detected_at < %(until)s

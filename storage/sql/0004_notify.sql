@@ -14,13 +14,16 @@ ALTER TABLE alerts ADD COLUMN IF NOT EXISTS acknowledged_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS resolved_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS resolution_note text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS reopened integer NOT NULL DEFAULT 0;
+-- A reopened alert's clock (acknowledge target, escalation) starts again at its reopening.
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS reopened_at timestamptz;
 -- A repair reported by staff waits for the data to confirm it (e.g. a zero hour after a leak).
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS repair_reported_at timestamptz;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS repair_reported_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS confirmed_at timestamptz;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS volume_lost_m3 double precision;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS volume_saved_m3 double precision;
-CREATE INDEX IF NOT EXISTS alerts_unacked_idx ON alerts (detected_at) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS alerts_unacked_idx ON alerts ((coalesce(reopened_at, detected_at)))
+    WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS alerts_cleared_idx ON alerts (cleared_at)
     WHERE cleared_at IS NOT NULL AND status <> 'resolved';
 CREATE INDEX IF NOT EXISTS alerts_repair_idx ON alerts (repair_reported_at)
