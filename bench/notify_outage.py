@@ -6,7 +6,7 @@
 Burst alerts are raised at a steady pace (one every ``--every-s`` seconds) and routed to two
 webhook receivers. One is stopped for ``--down-min`` minutes (connection refused) and started
 again on the same port. The dispatcher runs as in production (``Dispatcher.run``, the wall clock,
-the default backoff of 5 s doubling to 5 min). Printed: latency from enqueue to delivery on the
+the default backoff of 5 s doubling to a minute). Printed: latency from enqueue to delivery on the
 healthy channel before and during the outage (same run, the baseline), and for the receiver that
 was down: notifications delivered, duplicates by idempotency key, tries, and how long after its
 return the backlog was gone.

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     notify_batch: int = Field(default=100, ge=1)
     notify_lease_s: float = Field(default=60.0, gt=0)
     notify_backoff_s: float = Field(default=5.0, gt=0)
-    notify_backoff_max_s: float = Field(default=300.0, gt=0)
+    notify_backoff_max_s: float = Field(default=60.0, gt=0)
     notify_give_up_h: float = Field(default=48.0, gt=0)
 
     # API.

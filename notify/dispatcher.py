@@ -84,7 +84,7 @@ class DispatchConfig:
     batch: int = 100
     lease_s: float = 60.0
     backoff_s: float = 5.0
-    backoff_max_s: float = 300.0
+    backoff_max_s: float = 60.0  # a receiver back from an outage hears within a minute
     give_up_h: float = 48.0  # a notification still failing after this long is dead
     poll_s: float = 2.0  # how often idle workers look anyway (NOTIFY wakes them sooner)
     send_timeout_s: float = 30.0
