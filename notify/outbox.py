@@ -179,6 +179,30 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _writes(
+    facts: Sequence[tuple[AlertFacts, int]],
+    trigger: Trigger,
+    config: NotifyConfig,
+    secret: str,
+    *,
+    level: int | None,
+    at: datetime | None,
+    seq: int | None,
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that store one trigger's notifications, for either kind of connection."""
+    rows, notes = plan(
+        facts, trigger, config, secret, level=level, at=at, seq=seq,
+        link_expires_at=int(time.time()) + LINK_DAYS * 86400,
+    )  # fmt: skip
+    writes: list[tuple[str, tuple[Any, ...]]] = []
+    if notes:
+        writes.append((ANNOTATE, _annotate_params(notes)))
+    if rows:
+        writes.append(("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,)))
+        writes.append((INSERT, _insert_params(rows)))
+    return writes
+
+
 def enqueue(
     conn: psycopg.Connection[Any],
     alert_ids: Sequence[int],
@@ -195,17 +219,11 @@ def enqueue(
     if not alert_ids:
         return 0
     facts = [facts_from_row(r) for r in conn.execute(FACTS, (list(alert_ids),))]
-    rows, notes = plan(
-        facts, trigger, config, secret, level=level, at=at, seq=seq,
-        link_expires_at=int(time.time()) + LINK_DAYS * 86400,
-    )  # fmt: skip
-    if notes:
-        conn.execute(ANNOTATE, _annotate_params(notes))
-    if not rows:
-        return 0
-    cur = conn.execute(INSERT, _insert_params(rows))
-    conn.execute("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,))
-    return cur.rowcount
+    added = 0
+    for query, params in _writes(facts, trigger, config, secret, level=level, at=at, seq=seq):
+        n = conn.execute(query, params).rowcount
+        added = n if query is INSERT else added
+    return added
 
 
 async def enqueue_async(
@@ -224,14 +242,8 @@ async def enqueue_async(
         return 0
     cur = await conn.execute(FACTS, (list(alert_ids),))
     facts = [facts_from_row(r) for r in await cur.fetchall()]
-    rows, notes = plan(
-        facts, trigger, config, secret, level=level, at=at, seq=seq,
-        link_expires_at=int(time.time()) + LINK_DAYS * 86400,
-    )  # fmt: skip
-    if notes:
-        await conn.execute(ANNOTATE, _annotate_params(notes))
-    if not rows:
-        return 0
-    cur = await conn.execute(INSERT, _insert_params(rows))
-    await conn.execute("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,))
-    return cur.rowcount
+    added = 0
+    for query, params in _writes(facts, trigger, config, secret, level=level, at=at, seq=seq):
+        n = (await conn.execute(query, params)).rowcount
+        added = n if query is INSERT else added
+    return added
