@@ -48,10 +48,11 @@ class Thresholds:
     abnormal_high / abnormal_low: a local day's use against the meter's own baseline for that kind
     of day (workday, weekend, holiday, Spring Festival) for ``abnormal_days`` /
     ``abnormal_low_days`` days in a row, after ``abnormal_warmup_days`` days of history. High:
-    above ``abnormal_high_factor`` x baseline and by at least ``abnormal_high_min_m3``. Low: below
-    ``abnormal_low_factor`` x baseline but not zero (zero is ``no_consumption``). A meter whose
-    baseline is below ``abnormal_min_baseline_m3`` a day (an empty flat) is not judged: water
-    there again is occupancy, not abnormal use.
+    above ``abnormal_high_factor`` x baseline and by at least ``abnormal_high_min_m3`` over the
+    window, with the extra use spread over more waking hours than usual (``detectors.daily``).
+    Low: below ``abnormal_low_factor`` x baseline but not zero (zero is ``no_consumption``). A
+    meter whose baseline is below ``abnormal_min_baseline_m3`` a day (an empty flat) is not
+    judged: water there again is occupancy, not abnormal use.
 
     no_consumption: the register has not moved for ``no_consumption_days`` days not counting public
     holidays (warning), critical at ``no_consumption_alarm_days``.
@@ -84,7 +85,7 @@ class Thresholds:
     burst_q3_share: float = 0.3
     burst_min_min: float = 30.0
     abnormal_high_factor: float = 2.0
-    abnormal_high_min_m3: float = 0.15
+    abnormal_high_min_m3: float = 0.1
     abnormal_min_baseline_m3: float = 0.03
     abnormal_low_factor: float = 0.25
     abnormal_days: int = 3

@@ -20,7 +20,6 @@ from meterwatch.holidays import DayType
 if TYPE_CHECKING:
     from detectors.bank import Context
 
-FIRST_HOLIDAY = 1.5  # a first holiday of its kind is compared with 1.5 x the busier usual day
 FULL_DAY_HOURS = 20  # a day with fewer hours (the meter's first, a clock change) is not judged
 LOW_HOURS = 4  # quietest hours of a day that make its "low flow"
 LEAK_DEVS = 4.0  # a leak lifts the low flow this many typical deviations above normal
@@ -29,6 +28,14 @@ SUSTAINED = 1.25  # each day of an abnormal_high window is at least this times i
 WINDOW = 7  # days of use kept for the abnormal_high window (abnormal_days <= 7)
 LEAK_EXPLAINED = 2.0  # a leak's day excess is about its rate x 24 h; much more is more use
 LEAK_DAYS = 2  # days in a row above normal before a learned meter's leak is called
+LEARN_CLIP = 1.5  # a day teaches its baseline at most this times the baseline (or the fallback)
+WAKING_FROM_H = 6  # local hours WAKING_FROM_H..23 are the waking hours
+WAKING_HOURS = 24 - WAKING_FROM_H
+ACTIVE_M3 = 0.0015  # a waking hour that used 2 L or more (above the day's floor) was active
+BROAD = 0.6  # more use spreads over this share of the waking hours that are usually idle
+ACT_MEMORY = 7  # days the usual active hours remember
+ACT_LEARN_DAYS = 3  # days of active hours before the breadth of a window can be judged
+IDLE_MIN = 2.0  # a meter usually idle in fewer waking hours has none to fill: volume decides
 # Where a kind of day has no history yet, compare with the nearest kind that has.
 _FALLBACK = {
     DayType.WORKDAY: (DayType.WORKDAY, DayType.WEEKEND),
@@ -72,32 +79,46 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     start = lday * 86400 - pr["off_s"][idx]
     end = start + 86400
     ctx.dma.add_days(pr["dma"][idx], pr["inlet"][idx], lday, vol, st["day_min"][idx], end)
+    # A holiday of a kind the meter has not lived through yet (its first Spring Festival) is
+    # compared with the nearest kind it knows; breadth (below) keeps that from raising on noise.
     base = _baseline(st, idx, dtype)
-    # A holiday of a kind the meter has not lived through yet is judged with care: how a
-    # household spends its first Spring Festival is only guessed from its other days.
-    own = st["day_n"][idx, dtype.astype(np.intp)] >= 2
-    guess = np.fmax(st["day_base"][idx, DayType.WORKDAY], st["day_base"][idx, DayType.WEEKEND])
-    base = np.where((dtype >= DayType.HOLIDAY) & ~own, np.fmax(base, FIRST_HOLIDAY * guess), base)
-    _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf))
-    warm = (st["days"][idx] >= pr["warmup"][idx]) & (np.nan_to_num(base) >= pr["base_least"][idx])
+    day = _day_hours(st, idx, start)
+    learned = pr["leak_learn"][idx]
     # Water a constant flow explains (a leak, known or not yet) is not "more use": homes drop
-    # their quietest hour times 24, meters with a learned minimum their open leak's estimate.
+    # their quietest hour times 24; meters with a learned minimum drop their open leak's rate or
+    # how far the day's low flow stands above its learned normal, whichever is more.
+    low = np.sort(day, axis=1)[:, :LOW_HOURS].mean(axis=1)
+    lifted = np.where(st["base_n"][idx] >= LEAK_LEARN_DAYS, low - st["base_min"][idx], 0.0)
+    _leak_daily(ctx, idx, lday, dtype, start, end, vol - np.nan_to_num(base, nan=np.inf), low)
     floor = np.where(
-        pr["leak_learn"][idx],
-        np.where(is_open(st, idx, "leak"), st["leak_rate"][idx], 0.0),
+        learned,
+        np.maximum(np.where(is_open(st, idx, "leak"), st["leak_rate"][idx], 0.0), lifted),
         st["day_min"][idx],
     )
-    use = np.maximum(vol - np.maximum(floor, 0.0) * 24.0, 0.0)
-    day_high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
-    high = _window_high(st, pr, idx, use, np.where(warm, base, np.nan))
-    _abnormal_high(ctx, idx, high, day_high, start, end, use, base)
-    ordinary = dtype < DayType.HOLIDAY
-    low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
-    _abnormal(
-        ctx, idx, "abnormal_low", "lo", low, ordinary, pr["lo_days"][idx], start, end, use, base
+    floor = np.maximum(floor, 0.0)
+    use = np.maximum(vol - floor * 24.0, 0.0)
+    active = (day[:, WAKING_FROM_H:] - floor[:, None] >= ACTIVE_M3).sum(axis=1)
+    # A home's open leak may be growing: its rise is the leak's, not more use.
+    leaking = ~learned & is_open(st, idx, "leak")
+    warm = (
+        (st["days"][idx] >= pr["warmup"][idx])
+        & (np.nan_to_num(base) >= pr["base_least"][idx])
+        & ~leaking
     )
-    learn = ~day_high & ~high & ~low & (use > 0) & ~is_open(st, idx, "abnormal_high")
-    _learn_day(st, idx[learn], dtype[learn], use[learn])
+    day_high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
+    high = _window_high(st, pr, idx, use, np.where(warm, base, np.nan), active)
+    _abnormal_high(ctx, idx, high, day_high, start, end, use, base, active)
+    ordinary = dtype < DayType.HOLIDAY
+    low_day = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
+    _abnormal(
+        ctx, idx, "abnormal_low", "lo", low_day, ordinary, pr["lo_days"][idx], start, end, use,
+        base,
+    )  # fmt: skip
+    learn = ~day_high & ~high & ~low_day & (use > 0) & ~leaking
+    learn &= ~is_open(st, idx, "abnormal_high")
+    _learn_day(st, idx[learn], dtype[learn], use[learn], base[learn])
+    busy = learn & (use >= pr["base_least"][idx])  # an empty flat's day says nothing of breadth
+    _learn_active(st, idx[busy], active[busy])
     st["days"][idx] = np.minimum(st["days"][idx] + 1, 30000)
     if ctx.fleet is not None:
         # Public holidays are not compared with ordinary days (a city's Spring Festival day is
@@ -105,19 +126,35 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
         fo = enabled(pr, idx, "fleet_outlier") & (vol > 0) & (dtype < DayType.HOLIDAY)
         if fo.any():
             k = idx[fo]
-            hours = (start[fo] // 3600)[:, None] + np.arange(24)[None, :]
-            ctx.fleet_days.append((k, lday[fo], st["ring"][k[:, None], hours % 24].copy(), end[fo]))
+            ctx.fleet_days.append((k, lday[fo], day[fo].astype(np.float32), end[fo]))
+
+
+def _day_hours(
+    st: NDArray[np.void], idx: NDArray[np.intp], start: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """The closing day's 24 hourly volumes, local midnight first."""
+    hours = (start // 3600)[:, None] + np.arange(24)[None, :]
+    out: NDArray[np.float64] = st["ring"][idx[:, None], hours % 24].astype(np.float64)
+    return out
 
 
 def _window_high(
     st: NDArray[np.void], pr: NDArray[np.void], idx: NDArray[np.intp], use: NDArray[np.float64],
-    base: NDArray[np.float64],
+    base: NDArray[np.float64], active: NDArray[np.int64],
 ) -> NDArray[np.bool_]:  # fmt: skip
-    """The last ``hi_days`` days together used ``hi_factor`` times their baselines: one noisy day
-    in a small home is common, several in a row at that level are not."""
+    """The last ``hi_days`` days together used ``hi_factor`` times their baselines, each of them
+    well above its own, and the use spread over the day: one noisy day in a small home is common,
+    several in a row at that level are not; and a few big uses (a bath, the washing) make a small
+    home's day look doubled, where more people or a second shift use water in more hours.
+
+    Breadth: the window's active waking hours reach their usual count plus ``BROAD`` of the
+    waking hours that usually stay idle. A meter busy in (nearly) every waking hour (a plant, most
+    shops) has no idle hours to fill, so its volume alone decides; its day-to-day use is steady.
+    """
     slot = st["days"][idx].astype(np.int64) % WINDOW
     st["use_ring"][idx, slot] = use
     st["base_ring"][idx, slot] = base
+    st["act_ring"][idx, slot] = active
     n = np.minimum(pr["hi_days"][idx].astype(np.int64), WINDOW)
     back = np.arange(WINDOW)[None, :]
     cols = (slot[:, None] - back) % WINDOW
@@ -125,20 +162,27 @@ def _window_high(
     enough = st["days"][idx] >= n  # the ring holds n days of this meter
     uses = st["use_ring"][idx[:, None], cols].astype(np.float64)
     bases = st["base_ring"][idx[:, None], cols].astype(np.float64)
+    acts = st["act_ring"][idx[:, None], cols].astype(np.float64)
     u = np.where(inside, uses, 0.0).sum(axis=1)
     b = np.where(inside, bases, 0.0).sum(axis=1)
     factor = pr["hi_factor"][idx].astype(np.float64)
     least = pr["hi_min"][idx].astype(np.float64)
     # Sustained: each day well above its baseline, not one huge day (a burst, a party).
-    each = np.where(inside, uses >= SUSTAINED * bases + least[:, None], True).all(axis=1)
-    out: NDArray[np.bool_] = enough & ~np.isnan(b) & each & (u >= factor * b + least * n)
+    each = np.where(inside, uses >= SUSTAINED * bases, True).all(axis=1)
+    usual = st["act_base"][idx].astype(np.float64)
+    act = np.where(inside, acts, 0.0).sum(axis=1) / np.maximum(n, 1)
+    idle = WAKING_HOURS - usual
+    broad = (st["act_n"][idx] >= ACT_LEARN_DAYS) & (
+        (act >= usual + BROAD * idle - 1e-6) | (idle < IDLE_MIN)
+    )
+    out: NDArray[np.bool_] = enough & ~np.isnan(b) & each & (u >= factor * b + least * n) & broad
     return out
 
 
 def _abnormal_high(
     ctx: Context, idx: NDArray[np.intp], high: NDArray[np.bool_], day_high: NDArray[np.bool_],
     start: NDArray[np.int64], end: NDArray[np.int64], use: NDArray[np.float64],
-    base: NDArray[np.float64],
+    base: NDArray[np.float64], active: NDArray[np.int64],
 ) -> None:  # fmt: skip
     """Raise when the window is high, repeat daily while days stay high, clear on a normal day."""
     st, pr = ctx.state, ctx.params
@@ -160,6 +204,8 @@ def _abnormal_high(
                 "baseline_m3": round(float(base[r[j]]), 3),
                 "ratio": round(float(use[r[j]] / base[r[j]]), 2) if base[r[j]] > 0 else None,
                 "days": int(st["hi_run"][k[j]]) + int(n[r[j]]) - 1,
+                "active_hours": int(active[r[j]]),
+                "usual_active_hours": round(float(st["act_base"][k[j]]), 1),
                 "hours_above_normal": hours[j],
             },
             lambda j: round(max(float(use[r[j]] - base[r[j]]), 0.0), 3),
@@ -216,8 +262,15 @@ def _hours_above(ctx: Context, k: NDArray[np.intp], start: NDArray[np.int64]) ->
 
 
 def _learn_day(
-    st: NDArray[np.void], idx: NDArray[np.intp], dtype: NDArray[np.int8], use: NDArray[np.float64]
+    st: NDArray[np.void],
+    idx: NDArray[np.intp],
+    dtype: NDArray[np.int8],
+    use: NDArray[np.float64],
+    judged: NDArray[np.float64],
 ) -> None:
+    """Robust running mean per kind of day. A day teaches at most ``LEARN_CLIP`` times what it
+    was judged against (its own baseline, or for a young kind the nearest kind's), so a run of
+    high days that stayed under the alert threshold cannot carry the baseline up with it."""
     for kind, memory in _MEMORY_DAYS.items():
         rows = np.flatnonzero(dtype == kind)
         if rows.size == 0:
@@ -225,14 +278,25 @@ def _learn_day(
         k = idx[rows]
         n = st["day_n"][k, kind].astype(np.float64)
         old = st["day_base"][k, kind].astype(np.float64)
-        x = np.where(n >= 2, np.minimum(use[rows], 3.0 * old), use[rows])
+        ref = np.where(n >= 2, old, judged[rows])
+        x = np.where(np.isnan(ref), use[rows], np.minimum(use[rows], LEARN_CLIP * ref))
         st["day_base"][k, kind] = np.where(n == 0, x, old + (x - old) / np.minimum(n + 1.0, memory))
         st["day_n"][k, kind] = np.minimum(n + 1, 30000).astype(np.int16)
+
+
+def _learn_active(st: NDArray[np.void], idx: NDArray[np.intp], active: NDArray[np.int64]) -> None:
+    """Running mean of a meter's active waking hours on days it was not judged abnormal."""
+    n = st["act_n"][idx].astype(np.float64)
+    old = st["act_base"][idx].astype(np.float64)
+    x = active.astype(np.float64)
+    st["act_base"][idx] = np.where(n == 0, x, old + (x - old) / np.minimum(n + 1.0, ACT_MEMORY))
+    st["act_n"][idx] = np.minimum(n + 1, 30000).astype(np.int16)
 
 
 def _leak_daily(
     ctx: Context, idx: NDArray[np.intp], lday: NDArray[np.int64], dtype: NDArray[np.int8],
     start: NDArray[np.int64], end: NDArray[np.int64], excess: NDArray[np.float64],
+    low_all: NDArray[np.float64],
 ) -> None:  # fmt: skip
     """Leaks on meters that never stop: the day's low flow (mean of its 4 quietest hours) against
     the meter's normal low flow, learned from ordinary workdays. A leak adds the same flow to every
@@ -248,9 +312,7 @@ def _leak_daily(
     if rows.size == 0:
         return
     k = idx[rows]
-    hours = (start[rows] // 3600)[:, None] + np.arange(24)[None, :]
-    day = st["ring"][k[:, None], hours % 24].astype(np.float64)
-    low = np.sort(day, axis=1)[:, :LOW_HOURS].mean(axis=1)
+    low = low_all[rows]
     n = st["base_n"][k].astype(np.float64)
     base = st["base_min"][k].astype(np.float64)
     dev = st["base_dev"][k].astype(np.float64)

@@ -120,6 +120,7 @@ def bursts(em: Emitter, params: NDArray[np.void], iv: Intervals) -> None:
         return  # nothing at burst level and no run to carry: every meter's state stays at rest
     cand = np.flatnonzero(high)
     normal = _normal_flow(state, params, m[cand], iv.t1[cand]) * _day_level(state, m[cand])
+    normal = np.maximum(normal, _recent_flow(state, iv, cand))
     high[cand] = flow[cand] - normal >= q[cand]
     # Not judged: an interval spanning a gap (when did the water flow?) and a meter's first day
     # (its normal flow is not known yet; a plant's normal flow may exceed 30% of Q3).
@@ -163,6 +164,30 @@ def _day_level(state: NDArray[np.void], m: NDArray[np.intp]) -> NDArray[np.float
     known = (state["day_hours"][m] >= DAY_LEVEL_HOURS) & (norm > 1e-6)
     ratio = np.divide(vol, norm, out=np.ones_like(vol), where=known)
     return np.clip(ratio, 1.0, 8.0)
+
+
+def _recent_flow(
+    state: NDArray[np.void], iv: Intervals, rows: NDArray[np.intp]
+) -> NDArray[np.float64]:
+    """The flow (m3/h) the meter already kept up through both hours before the interval's hour.
+
+    A burst is a sudden rise: water that has flowed at that rate for two hours is the day's use
+    (an office working through a holiday, three times as busy as its holiday normal), however far
+    above the hour-of-week normal it is. Only hours the meter's state had closed before this batch
+    count; a burst that started in the last hour is still below the lower of the two.
+    """
+    m = iv.meter[rows].astype(np.intp)
+    pos = np.arange(iv.meter.size)
+    first_t0 = iv.t0[np.maximum.accumulate(np.where(group_starts(iv.meter), pos, 0))][rows]
+    closed = first_t0 // 3600  # hours before this one were closed when the batch came in
+    hour = (iv.t1[rows] - 1) // 3600
+    out = np.full(rows.size, np.inf)
+    for back in (1, 2):
+        x = hour - back
+        known = (x < closed) & (x >= closed - 24)
+        vol = state["ring"][m, x % 24].astype(np.float64)
+        out = np.minimum(out, np.where(known, vol, 0.0))
+    return out
 
 
 def _normal_flow(

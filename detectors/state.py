@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from detectors.alert import ALERT_TYPES
 
-VERSION = 1
+VERSION = 2
 TYPE_BIT = {name: 1 << i for i, name in enumerate(ALERT_TYPES)}
 DAY_TYPES = 4  # meterwatch.holidays.DayType: workday, weekend, holiday, Spring Festival
 
@@ -51,6 +51,9 @@ STATE_DTYPE = np.dtype(
         ("how_n", np.uint8, 168),
         ("use_ring", np.float32, 7),  # recent days' use and baselines (abnormal_high window)
         ("base_ring", np.float32, 7),
+        ("act_ring", np.int8, 7),  # and their active waking hours
+        ("act_base", np.float32),  # usual active waking hours of a day
+        ("act_n", np.int16),
         ("hi_run", np.int8),
         ("hi_start", np.int64),
         ("lo_run", np.int8),

@@ -255,6 +255,19 @@ def test_a_30_hour_gap_holding_2_m3_is_no_burst() -> None:
     assert of(alerts, "burst") == []
 
 
+@pytest.mark.parametrize(("ramp", "bursts"), [(False, True), (True, False)])
+def test_flow_that_rose_over_hours_is_no_burst(ramp: bool, bursts: bool) -> None:
+    """A meter that passes 20 L/h reaches 2.3 m3/h on day 8: a step is a burst, a climb over
+    hours is the day's use (an office busy through a holiday), however far above its normal."""
+    use = np.full(9 * 24, 20.0)
+    climb = [1000.0, 1300.0, 1600.0, 2000.0] if ramp else [20.0] * 4
+    use[8 * 24 + 6 : 8 * 24 + 10] = climb
+    use[8 * 24 + 10 : 8 * 24 + 14] = 2300.0
+    office = Meter("O1", kind=MeterKind.COMMERCIAL, q3_m3h=6.3, dn_mm=25)
+    alerts = run([office], lora("O1", quarters(use)), chunk=1)  # live: hours close as they end
+    assert bool(raised(alerts, "burst")) is bursts
+
+
 # -- reverse flow -------------------------------------------------------------------------------
 
 
@@ -440,6 +453,61 @@ def test_four_times_the_usual_use_for_days_on_end_is_abnormal_high() -> None:
 
 def test_one_day_at_three_times_the_usual_use_is_not_abnormal() -> None:
     assert of(run(HOMES[:1], use_by_day({10: 3.0}, 14)), "abnormal_high") == []
+
+
+# A small home's litres per hour: water in 6 of its 18 waking hours (200 L a day).
+SPARSE = np.zeros(24)
+SPARSE[[7, 8, 12, 19, 20, 21]] = [40, 20, 30, 50, 40, 20]
+
+
+def sparse_home(days: int, *, start: datetime = T0, **extra: ArrayLike) -> list[Arrival]:
+    """``SPARSE`` every day; ``extra={"d10": litres_per_hour}`` adds to day 10."""
+    use = hourly(SPARSE, days).reshape(days, 24)
+    for key, litres in extra.items():
+        use[int(key[1:])] += np.asarray(litres, float)
+    return lora("H0", use.ravel(), start=start, step_s=HOUR)
+
+
+SPREAD = np.r_[np.zeros(6), np.full(18, 400.0 / 18)]  # 400 L more, over all waking hours
+BIGGER = 2.0 * SPARSE  # 400 L more, in the hours that already use water
+
+
+@pytest.mark.parametrize(("extra", "raises"), [(SPREAD, True), (BIGGER, False)])
+def test_a_small_homes_tripled_use_is_abnormal_only_if_it_spreads_over_the_day(
+    extra: NDArray[np.float64], raises: bool
+) -> None:
+    alerts = run(HOMES[:1], sparse_home(16, d10=extra, d11=extra, d12=extra))
+    high = raised(alerts, "abnormal_high")
+    assert bool(high) is raises
+    if raises:
+        assert (high[0].started_at, high[0].detected_at) == (at(days=10), at(days=13))
+        assert high[0].evidence["active_hours"] == 18
+        assert high[0].evidence["usual_active_hours"] == pytest.approx(6.0)
+
+
+def test_a_busy_first_spring_festival_is_judged_against_the_homes_weekends() -> None:
+    start = datetime(2027, 1, 25, tzinfo=LOCAL)  # Monday; Spring Festival is 02-05..02-12
+    sf = {f"d{d}": SPREAD for d in (12, 13, 14)}  # 02-06..02-08, three times the usual
+    alerts = run(HOMES[:1], sparse_home(24, start=start, **sf))
+    (high,) = raised(alerts, "abnormal_high")
+    assert (high.started_at, high.detected_at) == (at(start, days=12), at(start, days=15))
+    assert raised(run(HOMES[:1], sparse_home(24, start=start)), "abnormal_high") == []
+
+
+def test_a_shop_leak_over_a_weekend_is_a_leak_not_more_use() -> None:
+    use = hourly(SHOP, 16)
+    use[10 * 24 :] += 200.0  # from Saturday, day 10: the learned low flow is judged on workdays
+    alerts = run([SHOP_METER], nbiot("S1", use))
+    assert raised(alerts, "leak")
+    assert raised(alerts, "abnormal_high") == []
+
+
+def test_a_homes_growing_leak_is_not_abnormal_use() -> None:
+    use = hourly(SPARSE, 16)
+    use[10 * 24 :] += np.minimum(20.0 + np.arange(6 * 24) * 2.0, 300.0)  # 20 L/h, 2 L/h more hourly
+    alerts = run(HOMES[:1], lora("H0", use, step_s=HOUR))
+    assert raised(alerts, "leak")
+    assert raised(alerts, "abnormal_high") == []
 
 
 # -- DMA balance --------------------------------------------------------------------------------
