@@ -34,6 +34,7 @@ WAKING_HOURS = 24 - WAKING_FROM_H
 ACTIVE_M3 = 0.0015  # a waking hour that used 2 L or more (above the day's floor) was active
 BROAD = 0.6  # more use spreads over this share of the waking hours that are usually idle
 ACT_MEMORY = 7  # days the usual active hours remember
+LOW_LEARN_DAYS = 4  # days of a kind of day its baseline needs before a low day of it is judged
 ACT_LEARN_DAYS = 3  # days of active hours before the breadth of a window can be judged
 IDLE_MIN = 2.0  # a meter usually idle in fewer waking hours has none to fill: volume decides
 # Where a kind of day has no history yet, compare with the nearest kind that has.
@@ -108,13 +109,24 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     day_high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
     high = _window_high(st, pr, idx, use, np.where(warm, base, np.nan), active)
     _abnormal_high(ctx, idx, high, day_high, start, end, use, base, active)
+    # Low use is judged on ordinary days against a baseline of the same kind of day learned from
+    # LOW_LEARN_DAYS days at least: a small home's use swings widely from day to day, and two or
+    # three days are no measure of it. A day the meter spent mostly silent has its water spread
+    # evenly over the gap's hours, so its quietest hour is no floor. Any other day (a holiday
+    # too) ends a run of low days but does not clear an open alert. Nobody used water on a day
+    # whose hours all stay within a litre or so of its quietest: a constant flow (a drip below
+    # the leak threshold) explains it, the rest is the register stepping in whole litres; that
+    # day is empty, not low. A day that looks low teaches its baseline nothing, judged or not.
+    idle = day.max(axis=1) - day.min(axis=1) < ACTIVE_M3
+    own_n = st["day_n"][idx, np.minimum(dtype, DayType.WEEKEND)]
     ordinary = dtype < DayType.HOLIDAY
-    low_day = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
+    looks_low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
+    judged = ordinary & (own_n >= LOW_LEARN_DAYS) & (st["day_gaps"][idx] < LOW_HOURS)
     _abnormal(
-        ctx, idx, "abnormal_low", "lo", low_day, ordinary, pr["lo_days"][idx], start, end, use,
-        base,
+        ctx, idx, "abnormal_low", "lo", looks_low & judged & ~idle, judged, pr["lo_days"][idx],
+        start, end, use, base,
     )  # fmt: skip
-    learn = ~day_high & ~high & ~low_day & (use > 0) & ~leaking
+    learn = ~day_high & ~high & ~looks_low & (use > 0) & ~leaking
     learn &= ~is_open(st, idx, "abnormal_high")
     _learn_day(st, idx[learn], dtype[learn], use[learn], base[learn])
     busy = learn & (use >= pr["base_least"][idx])  # an empty flat's day says nothing of breadth
@@ -219,11 +231,12 @@ def _abnormal(
     counts: NDArray[np.bool_], need: NDArray[np.int8], start: NDArray[np.int64],
     end: NDArray[np.int64], use: NDArray[np.float64], base: NDArray[np.float64],
 ) -> None:  # fmt: skip
-    """``need`` abnormal days in a row raise; a normal day that counts clears."""
+    """``need`` abnormal days in a row raise; a normal day that counts clears. Any other day
+    ends the run (without clearing): days on either side of a week of Spring Festival are not
+    days in a row."""
     st, pr = ctx.state, ctx.params
     run_f, start_f = f"{key}_run", f"{key}_start"
-    run = st[run_f][idx].astype(np.int64)
-    run = np.where(hit, run + 1, np.where(counts, 0, run))
+    run = np.where(hit, st[run_f][idx].astype(np.int64) + 1, 0)
     st[start_f][idx] = np.where(hit & (run == 1), start, st[start_f][idx])
     st[run_f][idx] = np.minimum(run, 100).astype(np.int8)
     on = hit & (run >= need) & enabled(pr, idx, alert_type)

@@ -494,6 +494,45 @@ def test_a_busy_first_spring_festival_is_judged_against_the_homes_weekends() -> 
     assert raised(run(HOMES[:1], sparse_home(24, start=start)), "abnormal_high") == []
 
 
+def home_days(days: int, factors: Mapping[int, float], *, start: datetime = T0,
+              drip_lph: float = 0.0) -> list[Arrival]:  # fmt: skip
+    """An hourly LoRa home: ``HOME`` times ``factors[d]`` on day d (0: away), plus a drip."""
+    use = hourly(HOME, days).reshape(days, 24)
+    for d, f in factors.items():
+        use[d] *= f
+    return lora("H0", use.ravel() + drip_lph, start=start, step_s=HOUR)
+
+
+def test_a_home_using_a_tenth_of_its_usual_for_three_workdays_is_abnormal_low() -> None:
+    low = {d: 0.1 for d in range(12, 17)}  # Monday 16 March to Friday
+    (alert, *_) = raised(run(HOMES[:1], home_days(19, low)), "abnormal_low")
+    assert (alert.started_at, alert.detected_at) == (at(days=12), at(days=15))
+    assert alert.evidence["ratio"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_an_empty_home_with_a_dripping_tap_is_not_low_use() -> None:
+    """A 1.7 L/h drip moves the register 1 or 2 litres an hour; nobody uses water."""
+    away = dict.fromkeys(range(12, 17), 0.0)
+    alerts = run(HOMES[:1], home_days(19, away, drip_lph=1.7))
+    assert of(alerts, "abnormal_low") == []
+    assert of(alerts, "leak") == []
+
+
+def test_low_days_either_side_of_spring_festival_are_not_days_in_a_row() -> None:
+    """Little use the two days before leaving for Spring Festival and the day back: the week
+    away between them (02-05..02-12, register still) is not skipped over to make three."""
+    start = datetime(2027, 1, 4, tzinfo=LOCAL)  # a Monday, five weeks before
+    factors = {30: 0.1, 31: 0.1, 40: 0.1} | dict.fromkeys(range(32, 40), 0.0)
+    assert of(run(HOMES[:1], home_days(45, factors, start=start)), "abnormal_low") == []
+
+
+def test_low_use_is_not_judged_against_two_days_of_history() -> None:
+    """Back from a trip with two workdays learned: too few to call three quiet days abnormal."""
+    start = datetime(2026, 3, 2, tzinfo=LOCAL)  # a Monday
+    factors = dict.fromkeys(range(2, 7), 0.0) | dict.fromkeys(range(7, 10), 0.1)
+    assert of(run(HOMES[:1], home_days(11, factors, start=start)), "abnormal_low") == []
+
+
 def test_a_shop_leak_over_a_weekend_is_a_leak_not_more_use() -> None:
     use = hourly(SHOP, 16)
     use[10 * 24 :] += 200.0  # from Saturday, day 10: the learned low flow is judged on workdays
