@@ -289,9 +289,14 @@ def behaviour_labels(
     A home empty for a week or more shows no consumption, an alert the utility wants (vacant or
     stuck); a dripping tap at a leak's rate is a leak, and a slower one is labelled as noise.
     """
-    # Meters with an injected fault are left to that fault's label (a vacant meter that also
-    # leaks would be ambiguous); noise events such as a busy day do not make vacancy ambiguous.
-    taken = {x.meter_id for x in faults_labels if x.meter_id != "*" and x.expect_alert}
+    # A register that stands still for a week is a vacancy whatever else happens to the meter
+    # (a low battery, a tamper flag, a burst on another day), except while the meter is silent
+    # (nobody can see it stand still) or stuck by an injected fault (labelled as that fault).
+    taken = {
+        x.meter_id
+        for x in faults_labels
+        if x.meter_id != "*" and x.expect_alert and x.type in ("silent", "no_consumption")
+    }
     week = round(NO_CONSUMPTION_DAYS * 86400 / grid.interval_s)
     # Homes empty over a public holiday are travelling, not vacant: holiday days do not count
     # towards the week (Spring Festival alone empties a third of a city's homes).
