@@ -136,6 +136,19 @@ class Monitor:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def known_at(self, meter_ids: Sequence[str]) -> dict[str, int]:
+        """For meters that upload many readings at once (daily NB-IoT batches), the newest reading
+        the bank has of each (epoch s): what they report becomes known only with the upload, so a
+        condition seen in the morning is news in the evening. Other meters are left out: their
+        readings are news when they are read."""
+        known = [m for m in dict.fromkeys(meter_ids) if m in self._index]
+        if not known:
+            return {}
+        idx = self.index(known)
+        batched = self.params["expected_s"][idx] >= BATCH_UPLOAD_S
+        last = self.state["last_ts"][idx]
+        return {m: int(t) for m, b, t in zip(known, batched, last, strict=True) if b and t >= 0}
+
     # -- observe --------------------------------------------------------------------------------
     def observe_messages(self, messages: Sequence[Sequence[Reading]]) -> list[Alert]:
         return self.observe(from_messages(messages, self.index))

@@ -115,12 +115,15 @@ class Detection:
             checkpoint = time.monotonic() >= self._next_checkpoint
         try:
             conn = self._db()
+            clock = max(self.monitor.watermark, self.monitor.batch_watermark)
             with conn.transaction():
                 if self.pending:
                     changes = apply_alerts(conn, self.pending, reopen_within=self._reopen_within)
                     if self.notifier is not None:
-                        self.notifier.after_alerts(conn, changes)
-                clock = max(self.monitor.watermark, self.monitor.batch_watermark)
+                        known = self.monitor.known_at([a.meter_id for a in self.pending])
+                        self.notifier.after_alerts(
+                            conn, changes, {m: utc(t) for m, t in known.items()}
+                        )
                 if self.notifier is not None and clock >= self._ticked + TICK_S:
                     self.notifier.tick(conn, utc(clock))
                 if checkpoint:

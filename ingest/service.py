@@ -61,6 +61,22 @@ class ProgressLog:
         self._last, self._last_readings = now, s.readings
 
 
+MIN_SECRET = 16  # characters; a short key makes feedback links guessable
+
+
+def notifier_from(settings: Settings) -> Notifier:
+    config = NotifyConfig.load(settings.notify_config)
+    secret = settings.secret_key.get_secret_value()
+    if any(r.audience == "customer" for r in config.rules) and len(secret) < MIN_SECRET:
+        log.warning(
+            "customer reminders go out without feedback links: METERWATCH_SECRET_KEY is %s "
+            "(at least %d characters signs them)", "empty" if not secret else "too short",
+            MIN_SECRET,
+        )  # fmt: skip
+        secret = ""
+    return Notifier(config, secret)
+
+
 def detection_from(settings: Settings) -> Detection | None:
     if not settings.detectors:
         return None
@@ -72,7 +88,7 @@ def detection_from(settings: Settings) -> Detection | None:
             checkpoint_interval_s=settings.detector_checkpoint_s,
             timezone=settings.timezone,
         ),
-        notifier=Notifier(NotifyConfig.load(settings.notify_config), settings.secret_key),
+        notifier=notifier_from(settings),
     )
     detection.start()
     return detection

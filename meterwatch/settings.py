@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # Notifications: routing, channels, SLA (TOML, see docs/notifications.md). The secret signs
     # the customers' feedback links; set it in production (an empty one refuses to sign links).
     notify_config: Path | None = None
-    secret_key: str = ""
+    secret_key: SecretStr = SecretStr("")
     # The notifier's outbox: how many rows one dispatcher claims at once, how long a claim lasts
     # (a dead dispatcher's rows go out again after it), and the retry backoff.
     notify_batch: int = Field(default=100, ge=1)

@@ -67,7 +67,15 @@ WHERE id = %(id)s AND status = 'pending' AND lease_until = %(lease)s
 """
 DEFER = """
 UPDATE outbox SET next_attempt_at = %(next)s, lease_until = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending' AND lease_until = %(lease)s
+"""
+# Each row's lease is renewed just before its send, so a long claim (slow SMTP, a robot that
+# answers in seconds) never outlives its lease while rows wait their turn; a row whose lease
+# was lost meanwhile belongs to another dispatcher and is skipped.
+RENEW = """
+UPDATE outbox SET lease_until = %(new)s
+WHERE id = %(id)s AND status = 'pending' AND lease_until = %(old)s
+RETURNING lease_until
 """
 LOG = """
 INSERT INTO deliveries (outbox_id, attempt, channel, at, duration_ms, ok, detail)
@@ -183,19 +191,30 @@ class Dispatcher:
     ) -> int | None:
         channel = self.channels[name]
         conn = await self._conn(name)
-        for i, (row_id, attempts, payload, created_at, lease) in enumerate(claimed):
+        claim_lease = claimed[0][4] if claimed else None
+        for i, (row_id, attempts, payload, created_at, old) in enumerate(claimed):
             attempt = attempts + 1
             started = self.clock()
+            renewed = await conn.execute(
+                RENEW,
+                {
+                    "id": row_id,
+                    "old": old,
+                    "new": started + timedelta(seconds=self.config.lease_s),
+                },
+            )
+            row = await renewed.fetchone()
+            if row is None:
+                continue
+            lease = row[0]
             t0 = time.perf_counter()
             try:
                 n = Notification.from_json(payload)
                 detail = await asyncio.wait_for(channel.send(n), self.config.send_timeout_s)
-            except (DeliveryError, TimeoutError, ValueError, KeyError) as e:
+            except Exception as e:  # any failure of one send is that send's, never the worker's
                 ms = (time.perf_counter() - t0) * 1000.0
-                retryable = isinstance(e, TimeoutError) or (
-                    isinstance(e, DeliveryError) and e.retryable
-                )
-                error = _describe(e)
+                retryable = _retryable(e)
+                error = _text(_describe(e))
                 now = self.clock()
                 too_old = now - created_at > timedelta(hours=self.config.give_up_h)
                 dead = not retryable or too_old
@@ -224,7 +243,7 @@ class Dispatcher:
                 self._blocked_until[name] = nxt
                 rest = [c[0] for c in claimed[i + 1 :]]
                 if rest:
-                    await conn.execute(DEFER, {"ids": rest, "next": nxt})
+                    await conn.execute(DEFER, {"ids": rest, "next": nxt, "lease": claim_lease})
                     stats.deferred += len(rest)
                 log.warning(
                     "%s: %s; retry in %.0f s (%d more deferred)", name, error, delay, len(rest)
@@ -272,6 +291,10 @@ class Dispatcher:
             except psycopg.OperationalError as e:
                 log.warning("%s: database unavailable (%s); retrying", name, e)
                 await self._drop(name)
+            except Exception:
+                # A worker that died would silently stop its channel for good.
+                log.exception("%s: dispatcher worker failed; carrying on", name)
+                await self._drop(name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.config.poll_s)
 
@@ -305,7 +328,22 @@ class Dispatcher:
 def _describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
-    return str(e) or type(e).__name__
+    if isinstance(e, DeliveryError):
+        return str(e) or type(e).__name__
+    return f"{type(e).__name__}: {e}"
+
+
+def _retryable(e: Exception) -> bool:
+    """A channel says so itself; a payload that does not parse never will; anything else (a
+    library error no channel expected) gets retries, within give_up_h."""
+    if isinstance(e, DeliveryError):
+        return e.retryable
+    return not isinstance(e, ValueError | KeyError | TypeError)
+
+
+def _text(detail: str) -> str:
+    """Receivers' answers end up in text columns: PostgreSQL text cannot hold NUL."""
+    return detail.replace("\x00", "\\0")[:1000]
 
 
 def _log(
@@ -318,5 +356,5 @@ def _log(
         "now": at,
         "ms": ms,
         "ok": ok,
-        "detail": detail[:1000],
+        "detail": _text(detail),
     }

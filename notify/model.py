@@ -59,6 +59,12 @@ class AlertFacts:
     tenant_name: str = ""
     volume_lost_m3: float | None = None
     volume_saved_m3: float | None = None
+    # When the SLA clock started (event time): when the alert became known, or was reopened.
+    sla_from: datetime | None = None
+
+    @property
+    def sla_start(self) -> datetime:
+        return self.sla_from or self.detected_at
 
     def to_json(self) -> dict[str, Any]:
         """The alert object of the public contract (DESIGN.md), times in ISO 8601 UTC."""

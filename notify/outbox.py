@@ -35,7 +35,7 @@ SELECT a.id, a.tenant, a.meter_id, a.dma, a.type, a.severity, a.status, a.starte
        a.detected_at, a.last_seen_at, a.resolved_at, a.resolution, a.evidence,
        a.estimated_loss_m3_per_day, a.estimated_cost_cny_per_day, a.team, a.escalation_level,
        coalesce(m.kind, 'residential'), coalesce(m.timezone, 'Asia/Shanghai'),
-       coalesce(t.name, ''), a.volume_lost_m3, a.volume_saved_m3, a.reopened
+       coalesce(t.name, ''), a.volume_lost_m3, a.volume_saved_m3, a.sla_from, a.reopened
 FROM alerts a
 LEFT JOIN meters m ON m.meter_id = a.meter_id
 LEFT JOIN tenants t ON t.tenant = a.tenant
@@ -58,6 +58,10 @@ WHERE a.id = x.id
 """
 
 
+# The event time of a change: one for every alert, or one per alert id.
+At = datetime | Mapping[int, datetime] | None
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     alert_id: int
@@ -78,9 +82,9 @@ def facts_from_row(row: Sequence[Any]) -> tuple[AlertFacts, int]:
         resolved_at=row[10], resolution=row[11], evidence=row[12] or {},
         estimated_loss_m3_per_day=row[13], estimated_cost_cny_per_day=row[14], team=row[15],
         escalation_level=row[16], kind=row[17], timezone=row[18], tenant_name=row[19],
-        volume_lost_m3=row[20], volume_saved_m3=row[21],
+        volume_lost_m3=row[20], volume_saved_m3=row[21], sla_from=row[22],
     )  # fmt: skip
-    return f, int(row[22])
+    return f, int(row[23])
 
 
 def _seq(trigger: Trigger, f: AlertFacts, reopened: int) -> int:
@@ -98,14 +102,16 @@ def plan(
     secret: str,
     *,
     level: int | None = None,
-    at: datetime | None = None,
+    at: At = None,
     seq: int | None = None,
     link_expires_at: int = 0,
 ) -> tuple[list[OutboxRow], list[tuple[int, str | None, dict[str, str]]]]:
     """Outbox rows for one trigger on these alerts, and each alert's (id, team, message).
 
     Pure: the same facts and config give the same rows, so a retried transaction writes the same
-    idempotency keys.
+    idempotency keys. ``at`` is the event time of the change (one for all, or per alert id);
+    never before the alert became known (``sla_from``: a day's upload read at once), since quiet
+    hours are about when people hear of it.
     """
     rows: list[OutboxRow] = []
     annotations: list[tuple[int, str | None, dict[str, str]]] = []
@@ -125,7 +131,11 @@ def plan(
         ack_by, resolve_by = deadlines(config, f)
         # The change happened when it was detected (a new alert) or last seen (a rise in
         # severity, a reopening): quiet hours are judged then.
-        when = at or (f.detected_at if trigger == Trigger.OPENED else f.last_seen_at)
+        when = (at.get(f.id) if isinstance(at, Mapping) else at) or (
+            f.detected_at if trigger == Trigger.OPENED else f.last_seen_at
+        )
+        if f.sla_from is not None and f.sla_from > when:
+            when = f.sla_from
         for target in route(config, f, trigger, lvl, when):
             title, text = content.render(
                 f, target.audience, trigger, target.lang, hotline=config.hotline,
@@ -186,7 +196,7 @@ def _writes(
     secret: str,
     *,
     level: int | None,
-    at: datetime | None,
+    at: At,
     seq: int | None,
 ) -> list[tuple[str, tuple[Any, ...]]]:
     """The statements that store one trigger's notifications, for either kind of connection."""
@@ -211,7 +221,7 @@ def enqueue(
     secret: str,
     *,
     level: int | None = None,
-    at: datetime | None = None,
+    at: At = None,
     seq: int | None = None,
 ) -> int:
     """Write the notifications of ``trigger`` on these alerts (caller's transaction); the number
@@ -234,7 +244,7 @@ async def enqueue_async(
     secret: str,
     *,
     level: int | None = None,
-    at: datetime | None = None,
+    at: At = None,
     seq: int | None = None,
 ) -> int:
     """:func:`enqueue` for the API's async connections."""

@@ -127,12 +127,12 @@ def next_escalation(config: NotifyConfig, alert: AlertFacts) -> tuple[int, datet
     level = alert.escalation_level + 1
     if level > config.max_level:
         return None
-    return level, alert.detected_at + escalation_due(config, alert.type, level)
+    return level, alert.sla_start + escalation_due(config, alert.type, level)
 
 
 def deadlines(config: NotifyConfig, alert: AlertFacts) -> tuple[datetime, datetime]:
     """(acknowledge by, resolve by) for the alert, as staff notifications print them."""
     return (
-        alert.detected_at + ack_due(config, alert.type),
-        alert.detected_at + resolve_due(config, alert.severity),
+        alert.sla_start + ack_due(config, alert.type),
+        alert.sla_start + resolve_due(config, alert.severity),
     )

@@ -12,6 +12,7 @@ and an alert is never escalated before its deadline however fast the data arrive
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,14 +52,32 @@ MARK_ANNOUNCED = """
 UPDATE alerts SET notified_severity = severity WHERE id = ANY(%s::bigint[])
 """
 
-# An alert's acknowledge clock runs from its detection, or from its reopening.
+# An alert's acknowledge clock runs from when it became known (sla_from), or its detection.
 ESCALATION_CANDIDATES = """
-SELECT id, type, coalesce(reopened_at, detected_at), escalation_level FROM alerts
-WHERE status = 'open' AND escalation_level < %s AND coalesce(reopened_at, detected_at) <= %s
+SELECT id, type, coalesce(sla_from, detected_at), escalation_level FROM alerts
+WHERE status = 'open' AND escalation_level < %s AND coalesce(sla_from, detected_at) <= %s
 """
+# Only alerts still open and below the rung: one acknowledged meanwhile is not escalated.
 ESCALATE = """
-UPDATE alerts SET escalation_level = %s, updated_at = now() WHERE id = %s AND status = 'open'
+UPDATE alerts SET escalation_level = %s, updated_at = now()
+WHERE id = ANY(%s::bigint[]) AND status = 'open' AND escalation_level < %s
+RETURNING id
 """
+
+# The SLA clock of new and reopened alerts starts when they became known: at detection, or, for a
+# meter that uploads a day at once, with the upload that carried the reading.
+SLA_FROM = """
+UPDATE alerts AS a
+SET sla_from = greatest(
+    coalesce(a.reopened_at, a.detected_at),
+    (SELECT k.at FROM unnest(%s::text[], %s::timestamptz[]) AS k(meter_id, at)
+     WHERE k.meter_id = a.meter_id))
+WHERE a.id = ANY(%s::bigint[]) AND a.sla_from IS NULL
+"""
+
+# One ingest worker at a time runs the scheduler; the others skip it for that batch. Several
+# workers updating the event clock row would otherwise serialise every batch commit on it.
+TICK_LOCK = 0x6D777469  # "mwti"
 
 # A reported repair is confirmed when the detector has seen the condition end, or, for a leak,
 # when the meter shows an hour without flow after the leak was last seen.
@@ -133,9 +152,21 @@ class Notifier:
         self.secret = secret
         self.clock_name = clock_name
 
-    def after_alerts(self, conn: psycopg.Connection[Any], changes: AlertChanges) -> int:
-        """Queue the notifications of one :func:`storage.alerts.apply_alerts` result."""
+    def after_alerts(
+        self,
+        conn: psycopg.Connection[Any],
+        changes: AlertChanges,
+        known_at: Mapping[str, datetime] | None = None,
+    ) -> int:
+        """Queue the notifications of one :func:`storage.alerts.apply_alerts` result.
+
+        ``known_at`` is, for meters that upload many readings at once, when their latest upload
+        was read (``Monitor.known_at``): their alerts' SLA clocks and quiet hours start there.
+        """
         queued = 0
+        if changes.ids:
+            known = known_at or {}
+            conn.execute(SLA_FROM, (list(known), list(known.values()), changes.ids))
         reopened = set(changes.reopened_ids)
         if reopened:
             queued += enqueue(conn, sorted(reopened), Trigger.REOPENED, self.config, self.secret)
@@ -148,8 +179,8 @@ class Notifier:
             and r[0] not in reopened
             and SEVERITY_RANK.get(r[1], 0) > SEVERITY_RANK.get(r[2], 0)
         ]
-        queued += enqueue(conn, opened, Trigger.OPENED, self.config, self.secret)
-        queued += enqueue(conn, rose, Trigger.SEVERITY, self.config, self.secret)
+        for ids, trigger in ((opened, Trigger.OPENED), (rose, Trigger.SEVERITY)):
+            queued += enqueue(conn, ids, trigger, self.config, self.secret)
         announced = [r[0] for r in rows] + sorted(reopened)
         if announced:
             conn.execute(MARK_ANNOUNCED, (announced,))
@@ -158,6 +189,9 @@ class Notifier:
     def tick(self, conn: psycopg.Connection[Any], now: datetime) -> TickResult:
         """Advance the event clock to ``now`` and do what has become due (caller's transaction)."""
         res = TickResult()
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (TICK_LOCK,)).fetchone()
+        if not locked or not locked[0]:
+            return res
         row = conn.execute(SET_CLOCK, (self.clock_name, now)).fetchone()
         now = res.clock = row[0] if row else now
         res.released = conn.execute(RELEASE, (now,)).rowcount
@@ -177,19 +211,26 @@ class Notifier:
             return
         shortest = min(ack_due(self.config, t) for t in ALERT_TYPES)
         rows = conn.execute(ESCALATION_CANDIDATES, (top, now - shortest)).fetchall()
-        for alert_id, alert_type, detected_at, level in rows:
+        # Rung by rung, all alerts at once: a replay jump (or an upgrade) may move thousands.
+        due_at: dict[int, dict[int, datetime]] = {}
+        for alert_id, alert_type, start, level in rows:
             due = ack_due(self.config, alert_type)
-            reached = min(top, int((now - detected_at) / due)) if due > timedelta(0) else top
-            if reached <= level:
-                continue
+            reached = min(top, int((now - start) / due)) if due > timedelta(0) else top
             for lvl in range(level + 1, reached + 1):
-                at = detected_at + due * lvl
-                conn.execute(ESCALATE, (lvl, alert_id))  # each rung hears its own level
-                res.events.append((alert_id, at, "escalated", {"level": lvl}))
-                res.queued += enqueue(
-                    conn, [alert_id], Trigger.ESCALATED, self.config, self.secret, level=lvl, at=at
-                )
-            res.escalated += 1
+                due_at.setdefault(lvl, {})[alert_id] = start + due * lvl
+        moved: set[int] = set()
+        for lvl in sorted(due_at):
+            ats = due_at[lvl]
+            done = [r[0] for r in conn.execute(ESCALATE, (lvl, sorted(ats), lvl))]
+            for alert_id in done:
+                res.events.append((alert_id, ats[alert_id], "escalated", {"level": lvl}))
+            # Each rung hears its own level: the alert row says lvl while it is queued.
+            res.queued += enqueue(
+                conn, done, Trigger.ESCALATED, self.config, self.secret, level=lvl,
+                at={i: ats[i] for i in done},
+            )  # fmt: skip
+            moved.update(done)
+        res.escalated += len(moved)
 
     def _confirm(self, conn: psycopg.Connection[Any], now: datetime, res: TickResult) -> None:
         found = conn.execute(CONFIRMABLE, {"now": now, "zero": ZERO_M3}).fetchall()

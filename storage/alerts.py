@@ -87,8 +87,10 @@ RETURNING a.id, a.meter_id, a.type, a.occurrences, a.severity, a.last_seen_at, a
     (SELECT p.severity FROM prev p WHERE p.id = a.id) AS prev_severity
 """
 
-# A condition that comes back within reopen_within of its alert's resolution reopens that alert
-# instead of opening a new one: the same leak, found again the morning after "repaired".
+# A condition that comes back within reopen_within of its alert's end reopens that alert instead
+# of opening a new one: the same leak, found again the morning after "repaired". The end is in
+# event time (when the condition cleared, or was last seen): resolved_at may be a person's wall
+# clock, which a meter uploading a day at once would never catch up with.
 REOPEN = f"""
 WITH x AS (
     SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[])
@@ -97,7 +99,8 @@ WITH x AS (
       AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.meter_id = x.meter_id AND o.type = x.type
                       AND o.status <> 'resolved')
 ), last AS (
-    SELECT DISTINCT ON (a.meter_id, a.type) a.id, a.resolved_at, x.detected_at
+    SELECT DISTINCT ON (a.meter_id, a.type) a.id, a.resolved_at, x.detected_at,
+           coalesce(a.cleared_at, a.last_seen_at) AS ended
     FROM alerts a JOIN x ON a.meter_id = x.meter_id AND a.type = x.type
     WHERE a.status = 'resolved'
     ORDER BY a.meter_id, a.type, a.resolved_at DESC
@@ -108,10 +111,10 @@ SET status = 'open', reopened = a.reopened + 1, reopened_at = last.detected_at,
     resolution = NULL, resolution_note = NULL, cleared_at = NULL, acknowledged_at = NULL,
     acknowledged_by = NULL, escalation_level = 0, repair_reported_at = NULL,
     repair_reported_by = NULL, confirmed_at = NULL, volume_lost_m3 = NULL,
-    volume_saved_m3 = NULL, updated_at = now()
+    volume_saved_m3 = NULL, sla_from = NULL, updated_at = now()
 FROM last
-WHERE a.id = last.id AND last.detected_at >= last.resolved_at
-  AND last.detected_at < last.resolved_at + %b::interval
+WHERE a.id = last.id AND a.status = 'resolved' AND a.resolved_at = last.resolved_at
+  AND last.detected_at < last.ended + %b::interval
 RETURNING a.id, last.detected_at
 """
 
@@ -124,6 +127,22 @@ FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS c(meter_id, type, dete
 WHERE a.meter_id = c.meter_id AND a.type = c.type AND a.status <> 'resolved'
   AND a.cleared_at IS NULL
 RETURNING a.id, c.detected_at
+"""
+
+# Rows a round may touch, locked first and in id order. A person acting on an alert (storage.
+# lifecycle) holds its row while adding a suppression; without this the upsert would wait for that
+# row inside a statement whose snapshot predates the suppression, and open a new alert the
+# customer has just declared expected. After the lock, each statement sees what was committed.
+LOCK_KEYS = """
+SELECT a.id FROM alerts a
+JOIN unnest(%b::text[], %b::text[]) AS k(meter_id, type)
+  ON a.meter_id = k.meter_id AND a.type = k.type
+WHERE a.status <> 'resolved'
+   OR a.id = (SELECT r.id FROM alerts r
+              WHERE r.meter_id = k.meter_id AND r.type = k.type AND r.status = 'resolved'
+              ORDER BY r.resolved_at DESC LIMIT 1)
+ORDER BY a.id
+FOR UPDATE OF a
 """
 
 EVENTS = """
@@ -262,9 +281,13 @@ def apply_alerts(
     """Open, update, clear (and, within ``reopen_within`` of a resolution, reopen) alert rows as
     the list says, in list order per (meter, type); each change goes to the audit trail."""
     submitted: list[tuple[str, psycopg.Cursor[Any], dict[Key, _Raise] | None]] = []
+    plan = _plan(alerts)
+    raised = [k for k, ops in plan.items() if any(isinstance(op, _Raise) for op in ops)]
     with _atomic(conn):
         with conn.pipeline():
-            for clears, raises in _rounds(_plan(alerts)):
+            if raised:
+                conn.execute(LOCK_KEYS, ([k[0] for k in raised], [k[1] for k in raised]))
+            for clears, raises in _rounds(plan):
                 if clears:
                     cur = conn.cursor()
                     cur.execute(

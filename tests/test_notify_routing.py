@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from notify.channels import ChannelContext, build_channel
 from notify.config import NotifyConfig, NotifyConfigError
 from notify.model import AlertFacts, Audience, Trigger
 from notify.routing import (
@@ -234,6 +235,10 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "notify.toml"
     path.write_text(doc_example(), encoding="utf-8")
     cfg = NotifyConfig.load(path)
+    # Every channel of the example is one the notifier can build (none is sent to here).
+    context = ChannelContext(database_url="postgresql://x@localhost/x", mqtt_url="mqtt://x")
+    for name, spec in cfg.channels.items():
+        assert build_channel(name, spec, context).name == name
     assert cfg.hotline == "96390"
     assert cfg.quiet_hours == "22:00-07:00"
     assert cfg.channels["duty-wecom"]["kind"] == "wecom"

@@ -156,13 +156,15 @@ def test_a_condition_back_soon_after_resolution_reopens_with_a_reopened_notifica
         (a, T + 5 * H, T - 30 * H + 5 * H),
     )
     within = timedelta(hours=ROUTED.reopen_within_h)
+    # The window runs from the alert's end in event time (last seen at T + 1 h), not from its
+    # resolved_at, which may be a person's wall clock.
     ch, queued = store(
         db, n, alert("WH-1", "leak", W, T + 9 * H, T + 10 * H),
-        alert("WH-2", "leak", W, T + 9 * H, T + 10 * H), reopen_within=within,
+        alert("WH-2", "leak", W, T + 29 * H, T + 30 * H), reopen_within=within,
     )  # fmt: skip
     assert ch.reopened_ids == [a]
     (new,) = set(ch.ids) - {a}
-    assert new not in (a, b), "resolved more than 24 h ago: a new alert"
+    assert new not in (a, b), "ended more than 24 h before: a new alert"
     assert queued == 4
     assert outbox(db)[4:] == [
         (a, "reopened", 0, "duty", "staff", f"mw-{a}-reopened-0-1-duty", None),

@@ -14,15 +14,19 @@ ALTER TABLE alerts ADD COLUMN IF NOT EXISTS acknowledged_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS resolved_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS resolution_note text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS reopened integer NOT NULL DEFAULT 0;
--- A reopened alert's clock (acknowledge target, escalation) starts again at its reopening.
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS reopened_at timestamptz;
+-- The event time the SLA clock (acknowledge and resolve targets, escalation) starts: when the
+-- alert became known, greatest(detected_at, the event clock when it opened), again at a
+-- reopening. A meter that uploads a day at once raises alerts detected hours before anyone
+-- could see them; their targets run from the upload, not from the reading.
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS sla_from timestamptz;
 -- A repair reported by staff waits for the data to confirm it (e.g. a zero hour after a leak).
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS repair_reported_at timestamptz;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS repair_reported_by text;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS confirmed_at timestamptz;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS volume_lost_m3 double precision;
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS volume_saved_m3 double precision;
-CREATE INDEX IF NOT EXISTS alerts_unacked_idx ON alerts ((coalesce(reopened_at, detected_at)))
+CREATE INDEX IF NOT EXISTS alerts_unacked_idx ON alerts ((coalesce(sla_from, detected_at)))
     WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS alerts_cleared_idx ON alerts (cleared_at)
     WHERE cleared_at IS NOT NULL AND status <> 'resolved';
@@ -130,3 +134,9 @@ CREATE TABLE IF NOT EXISTS event_clock (
     at          timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Alerts open before this migration were announced by the old code (or by nobody) and have no
+-- SLA start: they are taken as announced at their severity, with their targets running from the
+-- upgrade, so the first scheduler run neither re-announces them nor walks them up every rung.
+UPDATE alerts SET notified_severity = severity, sla_from = greatest(detected_at, now())
+WHERE status <> 'resolved' AND notified_severity IS NULL AND sla_from IS NULL;
