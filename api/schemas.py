@@ -166,7 +166,9 @@ class AlertPublic(_FromRow):
     cleared_at: datetime | None = Field(
         description="when the detector last saw the condition end (event time); null while it lasts"
     )
-    acknowledged_at: datetime | None
+    acknowledged_at: datetime | None = Field(
+        description="when staff took it on (or resolved it); a customer's answer is not one"
+    )
     acknowledged_by: str | None
     resolved_by: str | None
     resolution_note: str | None
@@ -179,11 +181,18 @@ class AlertPublic(_FromRow):
     confirmed_at: datetime | None = Field(description="when the data confirmed the repair")
     volume_lost_m3: float | None = Field(description="estimated loss over the whole episode")
     volume_saved_m3: float | None = Field(description="loss a confirmed repair avoided")
+    sla_from: datetime | None = Field(
+        default=None,
+        description="when the SLA clock started (event time): when the alert became known, "
+        "again at a reopening; null on alerts older than this field (detected_at stands in)",
+    )
     ack_due_at: datetime | None = Field(
-        default=None, description="acknowledge by: detected_at + the type's target"
+        default=None,
+        description="acknowledge by: sla_from (else detected_at) + the type's target",
     )
     resolve_due_at: datetime | None = Field(
-        default=None, description="resolve by: detected_at + the severity's target"
+        default=None,
+        description="resolve by: sla_from (else detected_at) + the severity's target",
     )
 
 
@@ -267,7 +276,10 @@ class DeliveryPublic(_FromRow):
 
 class SlaRowPublic(_FromRow):
     team: str | None
-    month: str = Field(description="YYYY-MM of detected_at in the deployment's zone")
+    month: str = Field(
+        description="YYYY-MM, in the deployment's zone, of when the SLA clock started "
+        "(sla_from, else detected_at)"
+    )
     type: str | None = Field(description="with by=type; null otherwise")
     alerts: int
     acknowledged: int

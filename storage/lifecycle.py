@@ -16,9 +16,16 @@ Rules (docs/alerts.md tells them to people):
   also suppress that meter and type for a while, or the detector's next repeat would open a new
   alert at once.
 - A customer's "expected" is a resolve with cause ``customer_use`` plus a suppression from the
-  alert's start; "not expected" leaves the alert open and tells staff.
+  alert's start; every other unresolved alert of the meter and type detected inside that window
+  is resolved the same way (an answer on an old reminder's link covers the episode open now).
+  "not expected" leaves the alert open and tells staff, once per ``FEEDBACK_QUIET_H``.
+- Only staff acknowledge. A resolve by a person acknowledges an unacknowledged alert too (with
+  its own ``acknowledged`` event); the customer's answer does not: it is not a staff reaction.
+- Closing an alert cancels its customer reminders still held for quiet hours.
 
-Times of changes are the database's ``now()``, the wall clock of the transaction.
+Times of changes are the database's ``now()``, the wall clock of the transaction. Event times
+(suppression windows, the moment quiet hours are judged at) come from the event clock, the
+detectors' watermark, because that is the time the detector store and the scheduler live in.
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ REPAIRS = frozenset({"leak_repaired", "meter_fault"})
 # Causes that say the water use is real but fine: the detector would keep raising it.
 SUPPRESSING = frozenset({"customer_use", "false_alarm"})
 CUSTOMER = "customer"
+# A customer who answers "not expected" again within this many hours (a replayed link, a second
+# tap) is recorded but staff are not told again: they already were, and are on it.
+FEEDBACK_QUIET_H = 6.0
+# The shortest suppression: a window of (almost) nothing would drop nothing and break the
+# table's ``until > since``.
+SUPPRESS_MIN_H = 1.0
 
 
 class LifecycleError(Exception):
@@ -116,22 +129,24 @@ ACKNOWLEDGE = sql.SQL(
        WHERE id = %(id)s RETURNING {cols}"""
 ).format(cols=ALERT_COLUMNS)
 
+# %(ack)s: the statement acknowledges the alert too (decided on the locked row, see _acks).
 REPORT_REPAIR = sql.SQL(
     """UPDATE alerts SET status = 'acknowledged', repair_reported_at = now(),
            repair_reported_by = %(actor)s,
-           acknowledged_at = coalesce(acknowledged_at, now()),
-           acknowledged_by = coalesce(acknowledged_by, %(actor)s), updated_at = now()
+           acknowledged_at = CASE WHEN %(ack)s THEN now() ELSE acknowledged_at END,
+           acknowledged_by = CASE WHEN %(ack)s THEN %(actor)s ELSE acknowledged_by END,
+           updated_at = now()
        WHERE id = %(id)s RETURNING {cols}"""
 ).format(cols=ALERT_COLUMNS)
 
-# Resolving an alert nobody acknowledged also acknowledges it: a person reacted, and the SLA
-# report measures that reaction. The loss runs from the start to the end of the condition (or
-# its latest sighting while it lasts), in event time.
+# Resolving an alert nobody acknowledged also acknowledges it when a person resolves it: they
+# reacted, and the SLA report measures that reaction. The loss runs from the start to the end of
+# the condition (or its latest sighting while it lasts), in event time.
 CLOSE = sql.SQL(
     """UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = %(actor)s,
            resolution = %(cause)s, resolution_note = %(note)s,
-           acknowledged_at = coalesce(acknowledged_at, now()),
-           acknowledged_by = coalesce(acknowledged_by, %(actor)s),
+           acknowledged_at = CASE WHEN %(ack)s THEN now() ELSE acknowledged_at END,
+           acknowledged_by = CASE WHEN %(ack)s THEN %(actor)s ELSE acknowledged_by END,
            volume_lost_m3 = CASE WHEN estimated_loss_m3_per_day IS NULL THEN volume_lost_m3
                ELSE estimated_loss_m3_per_day * greatest(0, extract(epoch FROM
                    coalesce(cleared_at, last_seen_at) - started_at)::float8 / 86400) END,
@@ -139,13 +154,45 @@ CLOSE = sql.SQL(
        WHERE id = %(id)s RETURNING {cols}"""
 ).format(cols=ALERT_COLUMNS)
 
-# Never starting in the future: a replay's event times can be ahead of the wall clock.
+# Event time now: ingest's watermark; the wall clock before any data arrived.
+CLOCK = "SELECT coalesce((SELECT at FROM event_clock WHERE name = 'ingest'), now())"
+
+# The detector store compares suppressions with event times, so the window is on the event
+# clock: it starts no later than the clock (a replay's event times can be ahead of it) and lasts
+# ``days`` from the clock, at least SUPPRESS_MIN_H.
 SUPPRESS = """
+WITH w AS (SELECT least(%(since)s::timestamptz, %(clock)s::timestamptz) AS since,
+                  %(clock)s::timestamptz AS clock)
 INSERT INTO suppressions (meter_id, type, since, until, reason, actor, alert_id)
-VALUES (%(meter_id)s, %(type)s, least(%(since)s::timestamptz, now()),
-        now() + make_interval(secs => %(days)s * 86400),
-        %(reason)s, %(actor)s, %(id)s)
+SELECT %(meter_id)s, %(type)s, w.since,
+       greatest(w.since + make_interval(secs => %(min_s)s),
+                greatest(w.since, w.clock) + make_interval(secs => %(days)s * 86400)),
+       %(reason)s, %(actor)s, %(id)s
+FROM w
 RETURNING since, until
+"""
+
+# Unresolved alerts of a meter and type detected inside a suppression window, locked in id order
+# (the detector store's order) so they can be closed.
+COVERED = """
+SELECT id FROM alerts
+WHERE meter_id = %s AND type = %s AND status <> 'resolved' AND id <> %s
+  AND detected_at >= %s AND detected_at < %s
+ORDER BY id FOR UPDATE
+"""
+
+# A reminder held back through the night about an alert closed in the evening would ask the
+# customer about something nobody is looking at any more.
+CANCEL_HELD = """
+UPDATE outbox SET status = 'cancelled', last_error = 'alert resolved before quiet hours ended'
+WHERE alert_id = %s AND status = 'pending' AND hold_until IS NOT NULL AND audience = 'customer'
+"""
+
+# Earlier "not expected" answers about the alert: how many in all (each notified answer gets its
+# own idempotency key), and whether one falls in the quiet period.
+NOT_EXPECTED = """
+SELECT count(*), count(*) FILTER (WHERE at > now() - make_interval(secs => %s))
+FROM feedback WHERE alert_id = %s AND answer = 'not_expected'
 """
 
 FEEDBACK = """
@@ -178,6 +225,20 @@ async def _event(
     await conn.execute(EVENT, (alert_id, kind, actor, Jsonb(detail)))
 
 
+async def _clock(conn: AsyncConnection[Any]) -> datetime:
+    cur = await conn.execute(CLOCK)
+    row = await cur.fetchone()
+    assert row is not None
+    at: datetime = row[0]
+    return at
+
+
+def _acks(alert: AlertRow, actor: str) -> bool:
+    """Whether a change by ``actor`` also acknowledges the alert: a person's first reaction does,
+    the customer's answer never (acknowledging is what staff do; the SLA report measures it)."""
+    return alert.acknowledged_at is None and actor != CUSTOMER
+
+
 async def _suppress(
     conn: AsyncConnection[Any],
     alert: AlertRow,
@@ -186,11 +247,14 @@ async def _suppress(
     days: float,
     reason: str,
     actor: str,
-) -> None:
+    clock: datetime,
+) -> tuple[datetime, datetime]:
+    """Suppress the alert's meter and type; the window as stored."""
     cur = await conn.execute(
         SUPPRESS,
         {"meter_id": alert.meter_id, "type": alert.type, "since": since, "days": days,
-         "reason": reason, "actor": actor, "id": alert.id},
+         "clock": clock, "min_s": SUPPRESS_MIN_H * 3600, "reason": reason, "actor": actor,
+         "id": alert.id},
     )  # fmt: skip
     row = await cur.fetchone()
     assert row is not None
@@ -198,6 +262,7 @@ async def _suppress(
         conn, alert.id, "suppressed", actor,
         since=row[0].isoformat(), until=row[1].isoformat(), days=days, reason=reason,
     )  # fmt: skip
+    return row[0], row[1]
 
 
 async def _close(
@@ -207,14 +272,22 @@ async def _close(
     actor: str,
     cause: str,
     note: str,
+    clock: datetime,
     config: NotifyConfig,
     secret: str,
 ) -> AlertRow:
-    row = await _update(conn, CLOSE, id=alert.id, actor=actor, cause=cause, note=note or None)
+    ack = _acks(alert, actor)
+    row = await _update(
+        conn, CLOSE, id=alert.id, actor=actor, cause=cause, note=note or None, ack=ack
+    )
+    if ack:
+        await _event(conn, alert.id, "acknowledged", actor, note="", implied_by="resolved")
     await _event(
         conn, alert.id, "resolved", actor, cause=cause, note=note, volume_lost_m3=row.volume_lost_m3
     )
-    await enqueue_async(conn, [alert.id], Trigger.RESOLVED, config, secret)
+    # Before the RESOLVED notification is written: that one may be held itself, and must stay.
+    await conn.execute(CANCEL_HELD, (alert.id,))
+    await enqueue_async(conn, [alert.id], Trigger.RESOLVED, config, secret, at=clock)
     return row
 
 
@@ -242,7 +315,11 @@ async def resolve(
     config: NotifyConfig,
     secret: str,
 ) -> AlertRow:
-    """Close the alert with a cause, or, for a repair the data does not show yet, mark it."""
+    """Close the alert with a cause, or, for a repair the data does not show yet, mark it.
+
+    A repair reported again while the first report waits for the data changes nothing: the
+    first report (and its reporter) stands, as the first acknowledgement does.
+    """
     if cause not in CAUSES:
         raise ValueError(f"unknown cause {cause!r}; expected one of {', '.join(CAUSES)}")
     alert = await _lock(conn, alert_id)
@@ -250,16 +327,25 @@ async def resolve(
         raise IllegalTransition(f"alert {alert_id} is already resolved")
     active = alert.cleared_at is None
     if cause in REPAIRS and active:
-        row = await _update(conn, REPORT_REPAIR, id=alert_id, actor=actor)
+        if alert.repair_reported_at is not None:
+            return alert
+        ack = _acks(alert, actor)
+        row = await _update(conn, REPORT_REPAIR, id=alert_id, actor=actor, ack=ack)
+        if ack:
+            await _event(conn, alert_id, "acknowledged", actor, note="", implied_by=cause)
         await _event(conn, alert_id, "repair_reported", actor, cause=cause, note=note)
         return row
+    clock = await _clock(conn)
     if cause in SUPPRESSING and active:
         # From the latest sighting, not from now: repeats with earlier event times may still be
         # on their way (meters that upload a day of readings at once) and must not reopen it.
         days = float(config.suppress_days_default)
-        await _suppress(conn, alert, since=alert.last_seen_at, days=days, reason=cause, actor=actor)
+        await _suppress(
+            conn, alert, since=alert.last_seen_at, days=days, reason=cause, actor=actor,
+            clock=clock,
+        )  # fmt: skip
     return await _close(
-        conn, alert, actor=actor, cause=cause, note=note, config=config, secret=secret
+        conn, alert, actor=actor, cause=cause, note=note, clock=clock, config=config, secret=secret
     )
 
 
@@ -276,47 +362,79 @@ async def feedback(
 ) -> AlertRow:
     """Record a customer's answer to "is this use expected?" and act on it.
 
-    "expected" suppresses the meter and type from the alert's start until ``days`` from now
-    (capped at the configured maximum) and resolves the alert as customer use. "not_expected"
-    keeps the alert as it is and notifies staff. An answer about a resolved alert is recorded
-    and acted on the same way except that nothing is closed or reopened: a late "expected" still
-    suppresses, a late "not expected" still reaches staff, who decide.
+    "expected" suppresses the meter and type from the alert's start until ``days`` from the
+    event clock (capped at the configured maximum) and resolves the alert as customer use, and
+    with it every other unresolved alert of the meter and type detected inside the suppression:
+    an answer on an old reminder's link is about the use going on now too, and the suppression
+    would starve that alert of repeats. "not_expected" keeps the alert as it is and notifies
+    staff, unless an earlier "not expected" about it already did within ``FEEDBACK_QUIET_H``.
+    An answer about a resolved alert is recorded and acted on the same way except that it is not
+    closed or reopened: a late "expected" still suppresses, a late "not expected" still reaches
+    staff, who decide.
     """
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer {answer!r}; expected one of {', '.join(ANSWERS)}")
     if days is not None and not days > 0:
         raise ValueError("days must be positive")
     alert = await _lock(conn, alert_id)
-    expected = answer == "expected"
-    if expected:
-        days = min(float(days or config.suppress_days_default), float(config.suppress_days_max))
-    else:
-        days = None
-    await conn.execute(
-        FEEDBACK,
-        (alert_id, alert.meter_id, alert.type, answer, days, note, actor, alert.started_at,
-         Jsonb(alert.evidence or {})),
-    )  # fmt: skip
-    await _event(conn, alert_id, "feedback", actor, answer=answer, days=days, note=note)
-    if not expected:
-        # Each answer is news to staff, a customer answering again days later too; the count
-        # gives each its own idempotency key (the outbox drops a repeated key).
-        cur = await conn.execute(
-            "SELECT count(*) FROM feedback WHERE alert_id = %s AND answer = 'not_expected'",
-            (alert_id,),
-        )
-        row = await cur.fetchone()
-        seq = int(row[0]) if row else 1
-        await enqueue_async(conn, [alert_id], Trigger.FEEDBACK, config, secret, seq=seq)
+    clock = await _clock(conn)
+    if answer == "not_expected":
+        cur = await conn.execute(NOT_EXPECTED, (FEEDBACK_QUIET_H * 3600, alert_id))
+        counts = await cur.fetchone()
+        earlier, recent = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+        await _record(conn, alert, answer=answer, days=None, note=note, actor=actor)
+        await _event(
+            conn, alert_id, "feedback", actor, answer=answer, days=None, note=note,
+            staff_notified=not recent,
+        )  # fmt: skip
+        if not recent:
+            # A customer answering again days later is news to staff again; the count gives
+            # each notified answer its own idempotency key (the outbox drops a repeated key).
+            await enqueue_async(
+                conn, [alert_id], Trigger.FEEDBACK, config, secret, seq=earlier + 1, at=clock
+            )
         return alert
-    assert days is not None
+    days = min(float(days or config.suppress_days_default), float(config.suppress_days_max))
+    await _record(conn, alert, answer=answer, days=days, note=note, actor=actor)
+    await _event(conn, alert_id, "feedback", actor, answer=answer, days=days, note=note)
     reason = f"{actor}: expected" + (f" ({note})" if note else "")
-    await _suppress(conn, alert, since=alert.started_at, days=days, reason=reason, actor=actor)
+    since, until = await _suppress(
+        conn, alert, since=alert.started_at, days=days, reason=reason, actor=actor, clock=clock
+    )
+    cur = await conn.execute(COVERED, (alert.meter_id, alert.type, alert_id, since, until))
+    for (other_id,) in await cur.fetchall():
+        other = await _lock(conn, other_id)
+        await _event(
+            conn, other_id, "feedback", actor, answer=answer, days=days, note=note,
+            answered_alert=alert_id,
+        )  # fmt: skip
+        await _close(
+            conn, other, actor=actor, cause="customer_use", note=note, clock=clock,
+            config=config, secret=secret,
+        )  # fmt: skip
     if alert.status == "resolved":
         return alert
     return await _close(
-        conn, alert, actor=actor, cause="customer_use", note=note, config=config, secret=secret
-    )
+        conn, alert, actor=actor, cause="customer_use", note=note, clock=clock, config=config,
+        secret=secret,
+    )  # fmt: skip
+
+
+async def _record(
+    conn: AsyncConnection[Any],
+    alert: AlertRow,
+    *,
+    answer: str,
+    days: float | None,
+    note: str,
+    actor: str,
+) -> None:
+    """The answer as a labelled case: the alert as it was when answered."""
+    await conn.execute(
+        FEEDBACK,
+        (alert.id, alert.meter_id, alert.type, answer, days, note, actor, alert.started_at,
+         Jsonb(alert.evidence or {})),
+    )  # fmt: skip
 
 
 async def _exists(conn: AsyncConnection[Any], alert_id: int) -> None:

@@ -30,7 +30,7 @@ ALERT_COLUMNS = sql.SQL(
        resolved_at, resolution, evidence, estimated_loss_m3_per_day, estimated_cost_cny_per_day,
        occurrences, message, team, cleared_at, acknowledged_at, acknowledged_by, resolved_by,
        resolution_note, escalation_level, reopened, repair_reported_at, repair_reported_by,
-       confirmed_at, volume_lost_m3, volume_saved_m3"""
+       confirmed_at, volume_lost_m3, volume_saved_m3, sla_from"""
 )
 
 # The newest reading of each meter is one backward step on the (meter_id, ts) primary key, so a
@@ -127,6 +127,8 @@ class AlertRow:
     confirmed_at: datetime | None = None
     volume_lost_m3: float | None = None
     volume_saved_m3: float | None = None
+    # When the SLA clock started (event time); None on rows written before the column existed.
+    sla_from: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,13 @@ async def count_alerts(
     cur = await conn.execute(sql.SQL("SELECT count(*) FROM alerts {}").format(where), params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def meter_timezone(conn: AsyncConnection[Any], meter_id: str) -> str | None:
+    """The meter's zone as registered; None for a meter the registry does not know."""
+    cur = await conn.execute("SELECT timezone FROM meters WHERE meter_id = %s", (meter_id,))
+    row = await cur.fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 async def get_alert(conn: AsyncConnection[Any], alert_id: int) -> AlertRow | None:

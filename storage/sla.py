@@ -9,6 +9,13 @@ An alert counts toward a target once the target is decided: it *met* it when the
 time, it *missed* it when the step happened late or had not happened by the deadline while the
 alert was still unresolved. An alert still inside its window is neither, so a report of the
 current month does not count alerts that merely have not been handled yet as failures.
+
+Targets run from ``sla_from``, when the alert became known (an alert detected in a day's upload
+became known at the upload, not at the reading; a reopened alert became known again at its
+reopening), or from ``detected_at`` for rows older than that column. The month and the window
+are of that same start, so an alert is judged in the month its clock ran. Only staff
+acknowledge: a row acknowledged by ``customer`` (older code took an answer for one) counts as
+not acknowledged.
 """
 
 from __future__ import annotations
@@ -28,19 +35,23 @@ WITH ack_target AS (
     SELECT * FROM unnest(%(severities)s::text[], %(resolve_s)s::float8[]) AS t(severity, secs)
 ), x AS (
     SELECT a.team,
-           to_char(a.detected_at AT TIME ZONE %(tz)s, 'YYYY-MM') AS month,
+           to_char(c.since AT TIME ZONE %(tz)s, 'YYYY-MM') AS month,
            CASE WHEN %(by_type)s THEN a.type END AS type,
-           a.acknowledged_at, a.resolved_at,
-           extract(epoch FROM a.acknowledged_at - c.since)::float8 AS ack_s,
+           c.acknowledged_at, a.resolved_at,
+           extract(epoch FROM c.acknowledged_at - c.since)::float8 AS ack_s,
            extract(epoch FROM a.resolved_at - c.since)::float8 AS resolve_s,
            c.since + make_interval(secs => k.secs) AS ack_due,
            c.since + make_interval(secs => r.secs) AS resolve_due
     FROM alerts a
-    -- A reopened alert's targets run again from its reopening.
-    CROSS JOIN LATERAL (SELECT coalesce(a.reopened_at, a.detected_at) AS since) c
+    CROSS JOIN LATERAL (
+        SELECT coalesce(a.sla_from, a.detected_at) AS since,
+               CASE WHEN a.acknowledged_by IS DISTINCT FROM 'customer'
+                    THEN a.acknowledged_at END AS acknowledged_at
+    ) c
     LEFT JOIN ack_target k ON k.type = a.type
     LEFT JOIN resolve_target r ON r.severity = a.severity
-    WHERE a.detected_at >= %(since)s AND a.detected_at < %(until)s
+    WHERE coalesce(a.sla_from, a.detected_at) >= %(since)s
+      AND coalesce(a.sla_from, a.detected_at) < %(until)s
       AND (%(team)s::text IS NULL OR a.team = %(team)s::text)
       AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s::text)
 )
@@ -110,8 +121,8 @@ async def sla_report(
     by_type: bool = False,
     now: datetime | None = None,
 ) -> list[SlaRow]:
-    """Alerts detected in ``[since, until)`` grouped by team and month of ``detected_at`` in
-    ``timezone`` (and type when ``by_type``).
+    """Alerts whose SLA clock started in ``[since, until)`` (``sla_from``, else ``detected_at``)
+    grouped by team and month of that start in ``timezone`` (and type when ``by_type``).
 
     ``ack_targets`` maps alert types to the time to acknowledge, ``resolve_targets`` severities to
     the time to resolve; an alert whose type or severity has no target counts toward neither.

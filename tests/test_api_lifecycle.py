@@ -144,7 +144,9 @@ def test_a_repair_waits_for_the_data_while_the_condition_lasts(
         "acknowledged", None, "zhang.min", "zhang.min"
     )  # fmt: skip
     assert a["repair_reported_at"] is not None and a["volume_lost_m3"] is None
-    assert kinds(client, leak) == [("opened", "system"), ("repair_reported", "zhang.min")]
+    assert kinds(client, leak) == [
+        ("opened", "system"), ("acknowledged", "zhang.min"), ("repair_reported", "zhang.min")
+    ]  # fmt: skip
     assert rows(db, "SELECT count(*) FROM outbox WHERE alert_id = %s", leak) == [(0,)]
 
     clear(db, 13)  # the data shows the leak gone 13 h after it began
@@ -154,7 +156,7 @@ def test_a_repair_waits_for_the_data_while_the_condition_lasts(
     )  # fmt: skip
     assert r["volume_lost_m3"] == pytest.approx(1.5 * 13 / 24)
     assert [k for k, _ in kinds(client, leak)] == [
-        "opened", "repair_reported", "cleared", "resolved"
+        "opened", "acknowledged", "repair_reported", "cleared", "resolved"
     ]  # fmt: skip
 
 
@@ -163,7 +165,9 @@ def test_customer_use_while_active_suppresses_the_next_repeat(
 ) -> None:
     r = post(client, f"{leak}/resolve", actor="li.wei", cause="customer_use", note="pool")
     assert (r["status"], r["resolution"]) == ("resolved", "customer_use")
-    assert [k for k, _ in kinds(client, leak)] == ["opened", "suppressed", "resolved"]
+    assert [k for k, _ in kinds(client, leak)] == [
+        "opened", "suppressed", "acknowledged", "resolved"
+    ]  # fmt: skip
     ((meter, type_, since, until, actor),) = rows(
         db, "SELECT meter_id, type, since, until, actor FROM suppressions WHERE alert_id = %s", leak
     )
@@ -220,9 +224,8 @@ def test_feedback_not_expected_keeps_the_alert_open_and_tells_staff(
     assert kinds(client, leak) == [("opened", "system"), ("feedback", "customer")]
     assert rows(db, "SELECT answer, note FROM feedback") == [("not_expected", "nobody home")]
     assert rows(db, "SELECT count(*) FROM suppressions") == [(0,)]
-    post(client, f"{leak}/feedback", answer="not_expected")  # asked again: staff hear again
     outbox = rows(db, "SELECT trigger, audience FROM outbox WHERE alert_id = %s ORDER BY id", leak)
-    assert outbox == [("feedback", "staff"), ("feedback", "staff")]
+    assert outbox == [("feedback", "staff")]
 
 
 def test_bad_requests(client: TestClient, leak: int) -> None:
@@ -258,6 +261,183 @@ def test_list_filters_by_team(client: TestClient, db: psycopg.Connection[Any], l
     db.commit()
     assert [a["id"] for a in client.get("/api/v1/alerts?team=east").json()["items"]] == [leak]
     assert client.get("/api/v1/alerts?team=west").json()["total"] == 0
+
+
+def set_clock(db: psycopg.Connection[Any], t: datetime) -> None:
+    """Ingest's event clock (its watermark) stands at ``t``."""
+    db.execute("INSERT INTO event_clock (name, at) VALUES ('ingest', %s)", (t,))
+    db.commit()
+
+
+def test_resolving_an_unacknowledged_alert_records_the_acknowledgement(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    r = post(client, f"{leak}/resolve", actor="li.wei", cause="other")
+    assert (r["acknowledged_by"], r["acknowledged_at"]) == ("li.wei", r["resolved_at"])
+    assert kinds(client, leak) == [
+        ("opened", "system"), ("acknowledged", "li.wei"), ("resolved", "li.wei")
+    ]  # fmt: skip
+
+
+def test_a_repeated_repair_report_changes_nothing(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    first = post(client, f"{leak}/resolve", actor="zhang.min", cause="leak_repaired")
+    again = post(client, f"{leak}/resolve", actor="wang.fang", cause="meter_fault", note="x")
+    assert again == first  # the first report and its reporter stand
+    assert [k for k, _ in kinds(client, leak)] == ["opened", "acknowledged", "repair_reported"]
+
+
+def test_a_customer_answer_is_not_an_acknowledgement(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    r = post(client, f"{leak}/feedback", answer="expected")
+    assert (r["status"], r["resolved_by"]) == ("resolved", "customer")
+    assert (r["acknowledged_at"], r["acknowledged_by"]) == (None, None)
+    assert "acknowledged" not in [k for k, _ in kinds(client, leak)]
+
+
+def test_expected_on_an_old_alert_also_resolves_the_newer_one(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    clear(db, 10)
+    post(client, f"{leak}/resolve", actor="li.wei", cause="other")
+    # The next episode, days later: a new alert, open and escalating.
+    ch = apply_alerts(db, [Alert("WH-1", "leak", W, at(40), at(41), {}, 1.0)])
+    db.commit()
+    (newer,) = ch.ids
+    assert newer != leak
+
+    # The customer finally taps "expected" on the first reminder's link.
+    r = client.post(link(leak), data={"answer": "expected", "days": "3"})
+    assert r.status_code == 200, r.text
+    assert client.get(f"/api/v1/alerts/{leak}").json()["resolved_by"] == "li.wei"
+    n = client.get(f"/api/v1/alerts/{newer}").json()
+    assert (n["status"], n["resolution"], n["resolved_by"], n["acknowledged_by"]) == (
+        "resolved", "customer_use", "customer", None
+    )  # fmt: skip
+    assert kinds(client, newer) == [
+        ("opened", "system"), ("feedback", "customer"), ("resolved", "customer")
+    ]  # fmt: skip
+    events = client.get(f"/api/v1/alerts/{newer}/events").json()
+    assert events[1]["detail"]["answered_alert"] == leak
+    outbox = rows(db, "SELECT trigger FROM outbox WHERE alert_id = %s ORDER BY id", newer)
+    assert ("resolved",) in outbox
+    # Only the answered alert has the labelled case.
+    assert rows(db, "SELECT alert_id FROM feedback") == [(leak,)]
+
+
+def test_expected_leaves_alerts_outside_the_suppression_alone(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    clear(db, 10)
+    post(client, f"{leak}/resolve", actor="li.wei", cause="other")
+    apply_alerts(db, [Alert("WH-1", "burst", C, at(40), at(41), {}, 1.0)])  # another type
+    db.commit()
+    set_clock(db, at(20))  # the data stands before the next leak: the window ends at 20 h + 1 day
+    ch = apply_alerts(db, [Alert("WH-1", "leak", W, at(50), at(50), {}, 1.0)])
+    db.commit()
+    post(client, f"{leak}/feedback", answer="expected", days=1)
+    assert rows(db, "SELECT count(*) FROM alerts WHERE status <> 'resolved'") == [(2,)]
+    assert client.get(f"/api/v1/alerts/{ch.ids[0]}").json()["status"] == "open"
+
+
+def test_not_expected_replayed_notifies_staff_once_per_quiet_period(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    url = link(leak)
+    for _ in range(3):  # the customer taps Submit three times, or the link is replayed
+        r = client.post(url, data={"answer": "not_expected"})
+        assert r.status_code == 200 and "Our staff will contact you" in r.text
+    assert rows(db, "SELECT count(*) FROM feedback WHERE alert_id = %s", leak) == [(3,)]
+    assert rows(db, "SELECT count(*) FROM outbox WHERE alert_id = %s", leak) == [(1,)]
+    events = client.get(f"/api/v1/alerts/{leak}/events").json()
+    assert [e["detail"]["staff_notified"] for e in events[1:]] == [True, False, False]
+
+    # Past the quiet period the customer is heard again, with a notification of its own.
+    db.execute("UPDATE feedback SET at = at - interval '7 hours'")
+    db.commit()
+    post(client, f"{leak}/feedback", answer="not_expected", note="still running")
+    assert rows(db, "SELECT count(*), count(DISTINCT idem_key) FROM outbox") == [(2, 2)]
+
+
+def test_suppression_runs_on_the_event_clock(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    set_clock(db, at(100))  # a replay ahead of the wall clock
+    post(client, f"{leak}/feedback", answer="expected", days=2)
+    assert rows(db, "SELECT since, until FROM suppressions") == [(at(0), at(100 + 48))]
+    # Detector repeats up to then are dropped, though the wall clock is days behind.
+    ch = apply_alerts(db, [Alert("WH-1", "leak", W, at(140), at(140), {}, 1.0)])
+    db.commit()
+    assert (ch.suppressed, ch.opened) == (1, 0)
+
+
+def test_a_suppression_lasts_at_least_an_hour(
+    client: TestClient, db: psycopg.Connection[Any]
+) -> None:
+    upsert_meters(db, [Meter("WH-2", tenant="acme")])
+    soon = datetime.now(UTC) + timedelta(days=1)  # event time ahead of the wall clock, no clock
+    ch = apply_alerts(db, [Alert("WH-2", "leak", W, soon, soon, {}, 1.0)])
+    db.commit()
+    r = post(client, f"{ch.ids[0]}/feedback", answer="expected", days=1e-12)
+    assert r["status"] == "resolved"
+    ((length,),) = rows(db, "SELECT until - since FROM suppressions")
+    assert length == timedelta(hours=1)
+
+
+def test_notifications_are_timed_at_the_event_clock(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    set_clock(db, at(30))
+    post(client, f"{leak}/feedback", answer="not_expected")
+    post(client, f"{leak}/resolve", actor="li.wei", cause="other")
+    assert rows(
+        db, "SELECT trigger, payload->>'created_at' FROM outbox WHERE alert_id = %s ORDER BY id",
+        leak,
+    ) == [("feedback", "2026-11-22T06:00:00Z"), ("resolved", "2026-11-22T06:00:00Z")]  # fmt: skip
+
+
+def hold(db: psycopg.Connection[Any], alert_id: int, key: str, audience: str, held: bool) -> None:
+    db.execute(
+        """INSERT INTO outbox (alert_id, trigger, channel, audience, idem_key, payload, hold_until)
+           VALUES (%s, 'opened', 'sms', %s, %s, '{}', %s)""",
+        (alert_id, audience, key, at(30) if held else None),
+    )
+    db.commit()
+
+
+@pytest.mark.parametrize("how", ["resolve", "expected"])
+def test_closing_cancels_held_customer_reminders(
+    client: TestClient, db: psycopg.Connection[Any], leak: int, how: str
+) -> None:
+    hold(db, leak, "held-customer", "customer", True)
+    hold(db, leak, "held-staff", "staff", True)
+    hold(db, leak, "due-customer", "customer", False)
+    if how == "resolve":
+        post(client, f"{leak}/resolve", actor="li.wei", cause="false_alarm")
+    else:
+        post(client, f"{leak}/feedback", answer="expected")
+    assert rows(
+        db, "SELECT idem_key, status, last_error FROM outbox WHERE idem_key LIKE '%%-%%' "
+        "AND trigger = 'opened' ORDER BY id",
+    ) == [
+        ("held-customer", "cancelled", "alert resolved before quiet hours ended"),
+        ("held-staff", "pending", None),
+        ("due-customer", "pending", None),
+    ]  # fmt: skip
+
+
+def test_deadlines_run_from_the_sla_start(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    # Detected at 1 h in a day's upload that arrived at 20 h: the clock started at the upload.
+    db.execute("UPDATE alerts SET sla_from = %s WHERE id = %s", (at(20), leak))
+    db.commit()
+    a = client.get(f"/api/v1/alerts/{leak}").json()
+    assert (a["sla_from"], a["ack_due_at"], a["resolve_due_at"]) == (
+        "2026-11-21T20:00:00Z", "2026-11-21T20:30:00Z", "2026-11-22T04:00:00Z"
+    )  # fmt: skip
 
 
 # Customer feedback links.
@@ -339,6 +519,37 @@ def test_feedback_link_without_a_secret_is_503(db_url: str, leak: int) -> None:
         for r in (c.get(link(leak)), c.post(link(leak), data={"answer": "expected"})):
             assert r.status_code == 503
             assert "METERWATCH_SECRET_KEY" in r.text
+
+
+def test_feedback_link_tolerates_odd_input(
+    client: TestClient, db: psycopg.Connection[Any], leak: int
+) -> None:
+    url = link(leak)
+    for value in ("x" * 21, "maybe", ""):  # a mangled link still shows the question
+        r = client.get(url, params={"answer": value})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "required checked" not in r.text and "Is this water use expected?" in r.text
+    fields = "&".join(f"f{i}=1" for i in range(11)) + "&answer=expected"
+    r = client.post(
+        url, content=fields, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 413 and r.headers["content-type"].startswith("text/html")
+    assert "The form is too large" in r.text and "提交的内容过长" in r.text
+    assert rows(db, "SELECT count(*) FROM feedback") == [(0,)]
+
+
+def test_feedback_page_shows_the_meters_local_time(
+    client: TestClient, db: psycopg.Connection[Any]
+) -> None:
+    upsert_meters(db, [Meter("WH-B", tenant="acme", timezone="Europe/Berlin")])
+    ch = apply_alerts(db, [Alert("WH-B", "leak", W, at(0), at(1), {}, 1.0)])
+    db.commit()
+    r = client.get(link(ch.ids[0]))
+    assert "2026-11-21 01:00" in r.text  # midnight UTC is 01:00 in Berlin (08:00 in Shanghai)
+    # A meter the registry does not know: the deployment's zone.
+    ch = apply_alerts(db, [Alert("WH-X", "leak", W, at(0), at(1), {}, 1.0)])
+    db.commit()
+    assert "2026-11-21 08:00" in client.get(link(ch.ids[0])).text
 
 
 # SLA report.
@@ -461,6 +672,35 @@ def test_sla_open_alerts_count_as_missed_only_after_their_target(
     assert (row["resolve_met"], row["resolve_missed"], row["resolve_within_target"]) == (
         0, 0, None
     )  # fmt: skip
+
+
+def test_sla_report_runs_from_the_sla_start_and_ignores_customer_acknowledgements(
+    client: TestClient, db: psycopg.Connection[Any]
+) -> None:
+    oct31 = datetime(2024, 10, 31, 12, tzinfo=UTC)
+    # Detected on 31 October in a late upload that arrived on 2 November: a November alert,
+    # acknowledged 20 min after the upload (in time), resolved 3 h after it (in time).
+    insert_alert(db, team="south", type="leak", severity="critical", detected=oct31,
+                 ack_min=48 * 60 + 20, resolve_h=51)  # fmt: skip
+    db.execute("UPDATE alerts SET sla_from = %s WHERE team = 'south'", (oct31 + timedelta(days=2),))
+    # An older row whose "acknowledgement" was a customer's answer: not acknowledged, and late.
+    insert_alert(db, team="south", type="leak", severity="critical",
+                 detected=datetime(2024, 11, 10, tzinfo=UTC), ack_min=5, resolve_h=2)  # fmt: skip
+    db.execute(
+        "UPDATE alerts SET acknowledged_by = 'customer' WHERE team = 'south' AND sla_from IS NULL"
+    )
+    db.commit()
+    window = {"team": "south", "since": "2024-11-01T00:00:00Z", "until": "2024-12-01T00:00:00Z"}
+    (row,) = sla(client, **window)["rows"]
+    assert (row["month"], row["alerts"], row["acknowledged"], row["ack_median_min"]) == (
+        "2024-11", 2, 1, pytest.approx(20.0)
+    )  # fmt: skip
+    assert (row["ack_met"], row["ack_missed"]) == (1, 1)
+    assert (row["resolve_met"], row["resolve_missed"], row["resolve_median_h"]) == (
+        2, 0, pytest.approx(2.5)
+    )  # fmt: skip
+    assert sla(client, team="south", since="2024-10-01T00:00:00Z",
+               until="2024-11-01T00:00:00Z")["rows"] == []  # fmt: skip
 
 
 # The live stream.

@@ -55,10 +55,12 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 
 def public(row: queries.AlertRow, config: NotifyConfig) -> AlertPublic:
-    """The alert with its deadlines, which follow the config and so are not stored."""
+    """The alert with its deadlines, which follow the config and so are not stored. They run from
+    when the SLA clock started (detection, for rows older than ``sla_from``), as in the report."""
     alert = AlertPublic.model_validate(row)
-    alert.ack_due_at = row.detected_at + ack_due(config, row.type)
-    alert.resolve_due_at = row.detected_at + resolve_due(config, row.severity)
+    start = row.sla_from or row.detected_at
+    alert.ack_due_at = start + ack_due(config, row.type)
+    alert.resolve_due_at = start + resolve_due(config, row.severity)
     return alert
 
 
@@ -129,7 +131,7 @@ async def resolve(
     async with conn.transaction():
         row = await lifecycle.resolve(
             conn, alert_id, actor=body.actor, cause=body.cause, note=body.note,
-            config=config, secret=settings.secret_key,
+            config=config, secret=settings.secret_key.get_secret_value(),
         )  # fmt: skip
     return public(row, config)
 
@@ -140,15 +142,17 @@ async def feedback(
 ) -> AlertPublic:
     """The customer's answer to "is this use expected?", e.g. taken on the phone by staff.
 
-    ``expected`` suppresses the meter and type from the alert's start until ``days`` from now and
-    resolves the alert as customer use; ``not_expected`` keeps it open and notifies staff. An
-    answer about a resolved alert is recorded and still suppresses or notifies, but neither
-    closes nor reopens anything.
+    ``expected`` suppresses the meter and type from the alert's start until ``days`` from the
+    event clock and resolves the alert as customer use, together with any other unresolved alert
+    of the meter and type detected inside that suppression. ``not_expected`` keeps it open and
+    notifies staff, unless an earlier ``not_expected`` about it did in the last 6 hours. An answer
+    about a resolved alert is recorded and still suppresses or notifies, but neither closes nor
+    reopens it. With ``actor`` left as ``customer`` nothing is acknowledged: only staff are.
     """
     async with conn.transaction():
         row = await lifecycle.feedback(
             conn, alert_id, answer=body.answer, days=body.days, note=body.note,
-            actor=body.actor, config=config, secret=settings.secret_key,
+            actor=body.actor, config=config, secret=settings.secret_key.get_secret_value(),
         )  # fmt: skip
     return public(row, config)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import math
 import time
-from datetime import datetime
 from typing import Annotated
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +31,7 @@ from storage import lifecycle, queries
 from storage.lifecycle import ANSWERS, CUSTOMER, AlertNotFound
 
 FORM_BYTES_MAX = 16 * 1024
+FORM_FIELDS_MAX = 10  # the form has three
 NOTE_MAX = 1000
 
 Token = Annotated[str, Path(description="the signed token of the reminder's link")]
@@ -76,7 +76,8 @@ def _error(code: int, zh: str, en: str) -> HTMLResponse:
 
 def _check(settings: Settings, token: str) -> int | HTMLResponse:
     """The alert id of a valid token, or the page that says why there is none."""
-    if not settings.secret_key:
+    key = settings.secret_key.get_secret_value()
+    if not key:
         return _error(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "本系统尚未配置反馈链接（缺少 METERWATCH_SECRET_KEY），请致电客服。",
@@ -84,7 +85,7 @@ def _check(settings: Settings, token: str) -> int | HTMLResponse:
             "set). Please call customer service.",
         )
     try:
-        return verify_feedback_token(settings.secret_key, token, now=int(time.time()))
+        return verify_feedback_token(key, token, now=int(time.time()))
     except ValueError as e:
         if str(e) == "expired":
             return _error(
@@ -103,19 +104,22 @@ def _gone() -> HTMLResponse:
     return _error(status.HTTP_404_NOT_FOUND, "找不到这条提醒。", "This reminder no longer exists.")
 
 
-def _local(t: datetime, settings: Settings) -> str:
-    try:
-        zone = ZoneInfo(settings.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    return t.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+def _zone(*names: str | None) -> ZoneInfo:
+    """The first of these zones that exists, else UTC."""
+    for name in names:
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
 
 
-def _summary(alert: queries.AlertRow, settings: Settings) -> str:
+def _summary(alert: queries.AlertRow, zone: ZoneInfo) -> str:
     message = alert.message if isinstance(alert.message, dict) else {}
     zh = message.get("zh") or type_label(alert.type, "zh")
     en = message.get("en") or type_label(alert.type, "en")
-    since = _local(alert.started_at, settings)
+    since = alert.started_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
     return (
         f'<div class="box"><p>水表 / Meter <b>{_e(alert.meter_id)}</b> · {_e(since)}</p>'
         f"{_both(str(zh), str(en))}</div>"
@@ -136,15 +140,21 @@ async def confirm(
     config: NotifyDep,
     settings: SettingsDep,
     token: Token,
-    answer: Annotated[str | None, Query(max_length=20)] = None,
+    answer: Annotated[str | None, Query(description="expected or not_expected")] = None,
 ) -> HTMLResponse:
-    """The question with ``answer`` preselected and a form to send it; changes nothing."""
+    """The question with ``answer`` preselected and a form to send it; changes nothing.
+
+    Any other ``answer`` (a mangled link, a truncated one) preselects nothing: the customer
+    still gets the question, not an error about a query parameter.
+    """
     checked = _check(settings, token)
     if isinstance(checked, HTMLResponse):
         return checked
     alert = await queries.get_alert(conn, checked)
     if alert is None:
         return _gone()
+    # The meter's zone, as in the reminder that carried the link.
+    zone = _zone(await queries.meter_timezone(conn, alert.meter_id), settings.timezone)
     days = config.suppress_days_default
     form = (
         f'<form method="post" action="{_e(token)}">'
@@ -161,7 +171,7 @@ async def confirm(
         '<button type="submit">提交 / Submit</button></form>'
     )  # fmt: skip
     body = (
-        _summary(alert, settings)
+        _summary(alert, zone)
         + _both("请确认您的回复，点击“提交”后才会记录。",
                 "Please confirm your answer; nothing is recorded until you press Submit.")
         + form
@@ -203,7 +213,12 @@ async def answer(
         return _error(
             status.HTTP_413_CONTENT_TOO_LARGE, "提交的内容过长。", "The form is too large."
         )
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=FORM_FIELDS_MAX)
+    except ValueError:  # more fields than that: not our form
+        return _error(
+            status.HTTP_413_CONTENT_TOO_LARGE, "提交的内容过长。", "The form is too large."
+        )
     given = fields.get("answer", [""])[0]
     if given not in ANSWERS:
         return _error(
@@ -217,7 +232,7 @@ async def answer(
         async with conn.transaction():
             await lifecycle.feedback(
                 conn, checked, answer=given, days=days, note=note, actor=CUSTOMER,
-                config=config, secret=settings.secret_key,
+                config=config, secret=settings.secret_key.get_secret_value(),
             )  # fmt: skip
     except AlertNotFound:
         return _gone()

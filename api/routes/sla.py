@@ -22,12 +22,13 @@ SPAN_MAX = timedelta(days=3660)
 Since = Annotated[
     Instant | None,
     Query(
-        description="detected at or after; default: the start of the month two months before "
-        "until's, so three calendar months; " + INSTANT_HELP
+        description="SLA clock started (sla_from, else detected_at) at or after; default: the "
+        "start of the month two months before until's, so three calendar months; " + INSTANT_HELP
     ),
 ]
 Until = Annotated[
-    Instant | None, Query(description="detected before; default now; " + INSTANT_HELP)
+    Instant | None,
+    Query(description="SLA clock started before; default now; " + INSTANT_HELP),
 ]
 
 router = APIRouter(tags=["sla"])
@@ -55,11 +56,12 @@ async def sla(
     tenant: Text = None,
     by: Literal["type"] | None = None,
 ) -> SlaReportPublic:
-    """Per team and month (of detection, in the deployment's zone), and per type with
-    ``by=type``: alert counts, median and 90th percentile time to acknowledge (minutes) and to
-    resolve (hours) from detection, and the share within target. An alert missed its target when
-    the step came late, or had not come by the deadline while the alert was still unresolved;
-    alerts still inside their window count toward neither side."""
+    """Per team and month (of when the SLA clock started, ``sla_from`` or else detection, in the
+    deployment's zone), and per type with ``by=type``: alert counts, median and 90th percentile
+    time to acknowledge (minutes) and to resolve (hours) from that start, and the share within
+    target. An alert missed its target when the step came late, or had not come by the deadline
+    while the alert was still unresolved; alerts still inside their window count toward neither
+    side. Only staff acknowledge: a customer's answer does not count as an acknowledgement."""
     try:
         zone = ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError):
