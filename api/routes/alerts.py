@@ -31,7 +31,7 @@ from api.schemas import (
 from detectors.alert import Severity
 from notify.config import NotifyConfig
 from notify.routing import ack_due, resolve_due
-from storage import lifecycle, queries
+from storage import alert_log, lifecycle, queries
 
 ID_MAX = 2**63 - 1  # bigint: a larger id cannot exist, and the database would refuse to compare
 
@@ -160,10 +160,10 @@ async def feedback(
 @router.get("/{alert_id}/events", response_model=list[EventPublic], responses=NOT_FOUND)
 async def alert_events(conn: ConnDep, alert_id: AlertId) -> list[EventPublic]:
     """The audit trail: every change of the alert, who made it and why, oldest first."""
-    return [EventPublic.model_validate(e) for e in await lifecycle.events(conn, alert_id)]
+    return [EventPublic.model_validate(e) for e in await alert_log.events(conn, alert_id)]
 
 
 @router.get("/{alert_id}/deliveries", response_model=list[DeliveryPublic], responses=NOT_FOUND)
 async def alert_deliveries(conn: ConnDep, alert_id: AlertId) -> list[DeliveryPublic]:
     """The alert's notifications per channel, oldest first, with every delivery attempt."""
-    return [DeliveryPublic.model_validate(d) for d in await lifecycle.deliveries(conn, alert_id)]
+    return [DeliveryPublic.model_validate(d) for d in await alert_log.deliveries(conn, alert_id)]
