@@ -1,7 +1,7 @@
 """Dependencies as ``Annotated`` aliases, so a route's signature says what it uses.
 
-The pool and settings live in the lifespan state (``api.main``), not in module globals, so two apps
-in one process (tests, the demo) never share a pool.
+The pool, settings and live hub live in the lifespan state (``api.main``), not in module globals,
+so two apps in one process (tests, the demo) never share a pool.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from api.live import Hub
 from meterwatch.settings import Settings
 from notify.config import NotifyConfig
 
@@ -32,9 +33,14 @@ def get_notify(request: Request) -> NotifyConfig:
     return cast(NotifyConfig, request.state.notify)
 
 
+def get_hub(request: Request) -> Hub:
+    return cast(Hub, request.state.live)
+
+
 PoolDep = Annotated[Pool, Depends(get_pool)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NotifyDep = Annotated[NotifyConfig, Depends(get_notify)]
+HubDep = Annotated[Hub, Depends(get_hub)]
 
 
 async def get_conn(pool: PoolDep) -> AsyncIterator[AsyncConnection[TupleRow]]:

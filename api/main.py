@@ -1,9 +1,10 @@
-"""The FastAPI app: routers, error bodies, and a connection pool that lives in the lifespan.
+"""The FastAPI app: routers, error bodies, and a connection pool and live hub in the lifespan.
 
 ``meterwatch api`` runs ``uvicorn.run("api.main:create_app", factory=True)``, which calls
 ``create_app()`` and so reads :class:`Settings` from the environment; the demo and the tests hand
 in their own settings. Building the app does no I/O: the pool opens when the server starts and
-closes when it stops, so an app that is never served leaves nothing behind.
+closes when it stops, and so does the live stream's one LISTEN connection (:mod:`api.live`), so
+an app that is never served leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
+from api import live
 from api.deps import Pool
 from api.routes import alerts, feedback, health, meters, sla, stream
 from meterwatch import __version__
@@ -84,14 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="meterwatch-api",
         )
         await pool.open()
+        # Like the pool, the hub connects in the background and keeps trying: the live stream
+        # answers 503 until it listens.
+        hub = live.Hub(url, streams_max=live.STREAMS_MAX, queue_max=live.QUEUE_MAX)
+        hub.start()
         try:
-            yield {
-                "pool": pool,
-                "settings": settings,
-                "notify": notify,
-                "streams": stream.StreamSlots(stream.STREAMS_MAX),
-            }
+            yield {"pool": pool, "settings": settings, "notify": notify, "live": hub}
         finally:
+            await hub.close()
             await pool.close()
 
     app = FastAPI(

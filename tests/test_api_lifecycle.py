@@ -1,34 +1,25 @@
 """The alert lifecycle through the API against a real database: acknowledge, resolve, customer
-feedback (API and signed links), the audit trail, the SLA report and the live stream."""
+feedback (API and signed links), the audit trail and the SLA report. The live stream is in
+``test_api_stream``."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import fastapi.routing
-import httpx
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-import api.routes.stream
 from api.main import create_app
-from api.routes.stream import APPLICATION_NAME
 from detectors.alert import Alert, Severity
 from meterwatch.domain import Meter
 from meterwatch.settings import Settings
 from notify.links import feedback_token
-from notify.model import LIVE_CHANNEL
 from storage.alerts import apply_alerts
 from storage.registry import upsert_meters
-from tests.helpers import count, wait_until
-from tests.test_api import free_port
 
 SECRET = "test-secret-" + "x" * 32
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
@@ -701,81 +692,3 @@ def test_sla_report_runs_from_the_sla_start_and_ignores_customer_acknowledgement
     )  # fmt: skip
     assert sla(client, team="south", since="2024-10-01T00:00:00Z",
                until="2024-11-01T00:00:00Z")["rows"] == []  # fmt: skip
-
-
-# The live stream.
-
-
-@pytest.fixture
-def server(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The app served by uvicorn on a free port: only a real server really streams."""
-    monkeypatch.setattr(fastapi.routing, "_PING_INTERVAL", 0.3)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-        timeout_graceful_shutdown=2,
-    )  # fmt: skip
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: srv.started, timeout=15)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-
-
-def notify(db: psycopg.Connection[Any], tenant: str, key: str) -> None:
-    payload = {"key": key, "trigger": "opened", "audience": "staff",
-               "alert": {"id": 1, "tenant": tenant, "type": "leak"}}  # fmt: skip
-    db.execute("SELECT pg_notify(%s, %s)", (LIVE_CHANNEL, json.dumps(payload)))
-    db.commit()
-
-
-def next_event(lines: Iterator[str]) -> tuple[str, dict[str, Any]]:
-    event = ""
-    for line in lines:
-        if line.startswith("event: "):
-            event = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            return event, json.loads(line.removeprefix("data: "))
-    raise AssertionError("the stream ended")
-
-
-def test_stream_delivers_notifications_filtered_by_tenant(
-    server: str, db: psycopg.Connection[Any], db_url: str
-) -> None:
-    listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-    with (
-        httpx.Client(base_url=server, timeout=10) as http,
-        http.stream("GET", "/api/v1/alerts/stream") as everything,
-        http.stream("GET", "/api/v1/alerts/stream", params={"tenant": "acme"}) as acme,
-    ):
-        assert everything.status_code == 200 and acme.status_code == 200
-        assert everything.headers["content-type"].startswith("text/event-stream")
-        # Headers come after the LISTEN: from here on nothing is missed.
-        assert count(db_url, listeners, (APPLICATION_NAME,)) == 2
-        notify(db, "beta", "k1")
-        notify(db, "acme", "k2")
-        all_lines, acme_lines = everything.iter_lines(), acme.iter_lines()
-        assert next_event(all_lines) == ("alert", {
-            "key": "k1", "trigger": "opened", "audience": "staff",
-            "alert": {"id": 1, "tenant": "beta", "type": "leak"},
-        })  # fmt: skip
-        assert next_event(all_lines)[1]["key"] == "k2"
-        event, data = next_event(acme_lines)
-        assert (event, data["key"], data["alert"]["tenant"]) == ("alert", "k2", "acme")
-        # A quiet stream still says something now and then, so proxies keep it open.
-        assert ": ping" in [next(acme_lines) for _ in range(8)]
-    # The clients went away: so do their database connections.
-    assert wait_until(lambda: count(db_url, listeners, (APPLICATION_NAME,)) == 0, timeout=10)
-
-
-def test_stream_refuses_beyond_its_limit(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(api.routes.stream, "STREAMS_MAX", 0)
-    with TestClient(create_app(settings)) as c:
-        r = c.get("/api/v1/alerts/stream")
-    assert r.status_code == 503 and "too many live streams" in r.json()["detail"]
