@@ -5,15 +5,22 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import paho.mqtt.client as mqtt
 
+from detectors.alert import Alert
 from ingest.consumer import Ingest, IngestConfig
 from ingest.detection import Detection
+from meterwatch.domain import Meter
 from meterwatch.mqtt import BrokerAddress, make_client, session_args
+from notify.config import NotifyConfig
+from notify.scheduler import Notifier
+from storage.alerts import apply_alerts
 from storage.db import connect
+from storage.registry import upsert_meters
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 30.0, every: float = 0.1) -> bool:
@@ -23,6 +30,36 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, every: float = 0
             return True
         time.sleep(every)
     return cond()
+
+
+class FakeClock:
+    """A wall clock a test moves by hand (the dispatcher's retries and leases run on it)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+def queue_alerts(
+    db_url: str,
+    config: NotifyConfig,
+    alerts: Sequence[Alert],
+    *,
+    secret: str,
+    tenant: str = "unassigned",
+) -> list[int]:
+    """Store alerts and queue their notifications in one committed transaction, as ingest does;
+    the alerts' meters are registered to ``tenant`` first. The ids of the alert rows."""
+    with connect(db_url) as conn:
+        upsert_meters(conn, [Meter(m, tenant=tenant) for m in sorted({a.meter_id for a in alerts})])
+        changes = apply_alerts(conn, list(alerts))
+        Notifier(config, secret).after_alerts(conn, changes)
+    return changes.ids
 
 
 def count(db_url: str, sql: str, params: tuple[object, ...] = ()) -> int:

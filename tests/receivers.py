@@ -23,7 +23,6 @@ import hmac
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -41,6 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from meterwatch.embedded import free_port
 from meterwatch.mqtt import BrokerAddress, make_client
+from tests.helpers import wait_until
 
 Flavour = Literal["webhook", "wecom", "dingtalk", "feishu"]
 
@@ -53,13 +53,22 @@ OK_ANSWERS: dict[str, Any] = {
 WECOM_LIMITS = {"markdown": 4096, "text": 2048}  # bytes of content, as WeCom counts them
 
 
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+class _Running:
+    """``with Receiver(...) as r:`` starts it and stops it, whatever the kind."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class HttpRequest:
     answer: Any
 
 
-class HttpReceiver:
+class HttpReceiver(_Running):
     """An HTTP endpoint on 127.0.0.1 that records requests and answers like ``flavour``.
 
     With a ``secret`` it verifies signatures as the real service does (webhook: the
@@ -128,14 +137,6 @@ class HttpReceiver:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # -- what tests use --------------------------------------------------------------------
     @property
     def url(self) -> str:
@@ -159,7 +160,7 @@ class HttpReceiver:
             return [r.headers.get("idempotency-key", "") for r in self.requests]
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list[HttpRequest]:
-        assert _wait(lambda: len(self.requests) >= n, timeout), (
+        assert wait_until(lambda: len(self.requests) >= n, timeout, every=0.01), (
             f"{len(self.requests)} of {n} requests after {timeout}s"
         )
         with self._lock:
@@ -277,7 +278,7 @@ class _SmtpHandler:
         return reply
 
 
-class SmtpReceiver:
+class SmtpReceiver(_Running):
     """An SMTP server (aiosmtpd) on a free 127.0.0.1 port, recording parsed messages.
 
     ``auth=(user, password)`` offers AUTH PLAIN/LOGIN over the plain connection and refuses
@@ -318,19 +319,11 @@ class SmtpReceiver:
             self._controller.stop()
             self._controller = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def answer(self, reply: str = "250 OK queued as mw1") -> None:
         self.reply = reply
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list[EmailMessage]:
-        assert _wait(lambda: len(self.messages) >= n, timeout), (
+        assert wait_until(lambda: len(self.messages) >= n, timeout, every=0.01), (
             f"{len(self.messages)} of {n} mails after {timeout}s"
         )
         with self.lock:
@@ -348,7 +341,7 @@ class MqttMessage:
         return orjson.loads(self.payload)
 
 
-class MqttReceiver:
+class MqttReceiver(_Running):
     """A paho-mqtt 2 subscriber (QoS 1) on the test broker, recording what arrives on a filter."""
 
     def __init__(self, url: str, topic_filter: str) -> None:
@@ -385,16 +378,8 @@ class MqttReceiver:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def wait_for(self, n: int, timeout: float = 5.0) -> list[MqttMessage]:
-        assert _wait(lambda: len(self.messages) >= n, timeout), (
+        assert wait_until(lambda: len(self.messages) >= n, timeout, every=0.01), (
             f"{len(self.messages)} of {n} MQTT messages on {self.topic_filter} after {timeout}s"
         )
         with self._lock:

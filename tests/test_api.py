@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import api.main
 from api.main import create_app
 from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
 from meterwatch.domain import Meter, MeterKind
+from meterwatch.embedded import free_port
 from meterwatch.settings import Settings
 from storage import queries
 from storage.db import SESSION_OPTIONS
@@ -76,12 +76,6 @@ def register(conn: psycopg.Connection[Any], *meters: Meter) -> None:
 def client(db_url: str) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(database_url=db_url))) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- health -----------------------------------------------------------------------------------

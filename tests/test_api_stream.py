@@ -23,10 +23,10 @@ import api.live
 import api.routes.stream
 from api.live import APPLICATION_NAME, Hub
 from api.main import create_app
+from meterwatch.embedded import free_port
 from meterwatch.settings import Settings
 from notify.model import LIVE_CHANNEL
 from tests.helpers import count, wait_until
-from tests.test_api import free_port
 
 STREAM = "/api/v1/alerts/stream"
 LISTENERS = (

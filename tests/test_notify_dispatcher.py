@@ -13,30 +13,16 @@ from typing import Any
 import pytest
 
 from detectors.alert import Alert, Severity
-from meterwatch.domain import Meter
 from notify.channels import build_channel
 from notify.config import NotifyConfig
 from notify.dispatcher import CLAIM, DispatchConfig, Dispatcher, DispatchStats, backoff
-from notify.scheduler import Notifier
-from storage.alerts import apply_alerts
 from storage.db import connect
-from storage.registry import upsert_meters
+from tests.helpers import FakeClock, queue_alerts
 from tests.receivers import HttpReceiver
 
 SECRET = "disp-secret"
 T = datetime(2026, 11, 20, 2, tzinfo=UTC)
 W, C = Severity.WARNING, Severity.CRITICAL
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
 
 
 class Low(random.Random):
@@ -72,12 +58,7 @@ def notify_config(**urls: str) -> NotifyConfig:
 
 
 def raise_alerts(db_url: str, config: NotifyConfig, *alerts: Alert) -> list[int]:
-    """Store alerts and queue their notifications in one committed transaction, as ingest does."""
-    with connect(db_url) as conn:
-        upsert_meters(conn, [Meter(m) for m in sorted({a.meter_id for a in alerts})])
-        changes = apply_alerts(conn, list(alerts))
-        Notifier(config, SECRET).after_alerts(conn, changes)
-    return changes.ids
+    return queue_alerts(db_url, config, alerts, secret=SECRET)
 
 
 def burst(meter: str, sev: Severity = C, hours: float = 0) -> Alert:

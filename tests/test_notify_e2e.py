@@ -33,9 +33,8 @@ from notify.dispatcher import DispatchConfig, Dispatcher
 from notify.scheduler import Notifier
 from simulators.fleet import FleetSeries, generate, make_fleet
 from simulators.publish import publish_fleet
-from storage.alerts import apply_alerts
 from storage.registry import upsert_meters
-from tests.helpers import count, running_ingest, wait_until
+from tests.helpers import FakeClock, count, queue_alerts, running_ingest, wait_until
 from tests.receivers import HttpReceiver, MqttReceiver, SmtpReceiver
 from tests.test_ingest_detection import ingest_config
 
@@ -248,25 +247,11 @@ def test_a_replayed_burst_reaches_every_channel_exactly_once_and_escalates_in_ev
 # --- a receiver down for ten minutes --------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def raise_bursts(db_url: str, config: NotifyConfig, meter_ids: list[str]) -> list[int]:
     """Burst alerts stored and their notifications queued, as ingest would in one batch."""
     t = datetime(2026, 11, 20, 2, tzinfo=UTC)
-    with psycopg.connect(db_url) as conn:
-        upsert_meters(conn, [Meter(m, tenant="acme") for m in meter_ids])
-        changes = apply_alerts(
-            conn,
-            [Alert(m, "burst", Severity.CRITICAL, t, t, {"flow_lph": 900.0}) for m in meter_ids],
-        )
-        Notifier(config, SECRET).after_alerts(conn, changes)
-    return changes.ids
+    bursts = [Alert(m, "burst", Severity.CRITICAL, t, t, {"flow_lph": 900.0}) for m in meter_ids]
+    return queue_alerts(db_url, config, bursts, secret=SECRET, tenant="acme")
 
 
 def test_a_receiver_down_for_ten_minutes_gets_everything_once_and_delays_nobody(

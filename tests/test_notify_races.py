@@ -22,6 +22,7 @@ from notify.scheduler import Notifier
 from storage.alerts import apply_alerts
 from storage.db import connect
 from storage.registry import upsert_meters
+from tests.helpers import FakeClock, queue_alerts
 
 SECRET = "races-secret"
 T = datetime(2026, 11, 20, 2, tzinfo=UTC)
@@ -160,22 +161,18 @@ def queue(db_url: str, n: int, channel: str) -> None:
             "rules": [{"name": "duty", "audience": "staff", "channels": [channel]}],
         }
     )
-    with connect(db_url) as conn:
-        meters = [f"WH-Q{i:03d}" for i in range(n)]
-        upsert_meters(conn, [Meter(m) for m in meters])
-        changes = apply_alerts(conn, [leak(m, T) for m in meters])
-        Notifier(config, SECRET).after_alerts(conn, changes)
+    queue_alerts(db_url, config, [leak(f"WH-Q{i:03d}", T) for i in range(n)], secret=SECRET)
 
 
 def test_an_unexpected_channel_error_costs_one_attempt_not_the_worker(db_url: str) -> None:
     queue(db_url, 3, "duty")
     channel = Flaky("duty", fail=1)
-    clock = [datetime.now(UTC)]
-    d = Dispatcher(db_url, {"duty": channel}, DispatchConfig(backoff_s=5), clock=lambda: clock[0])
+    clock = FakeClock(datetime.now(UTC))
+    d = Dispatcher(db_url, {"duty": channel}, DispatchConfig(backoff_s=5), clock=clock)
     with asyncio.Runner() as loop:
         first = loop.run(d.run_once())
         assert (first.sent, first.failed, first.deferred) == (0, 1, 2)
-        clock[0] += timedelta(seconds=10)
+        clock.advance(seconds=10)
         again = loop.run(d.run_once())
         loop.run(d.aclose())
     assert again.sent == 3 and len(channel.sent) == 3
