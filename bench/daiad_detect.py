@@ -26,20 +26,21 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from detectors.alert import Alert
+from detectors.alert import Alert, iso, utc
 from detectors.bank import Monitor
 from detectors.config import FleetSettings
-from evaluation.episodes import Episode, episodes, iso
-from evaluation.matching import LabelOutcome, match
+from detectors.registers import GAP_S
+from evaluation.episodes import Episode, episodes
+from evaluation.matching import LabelOutcome
 from evaluation.scores import TypeScore, quantile, score
-from meterwatch.detect import batches
+from meterwatch.detect import observe_recording
 from meterwatch.domain import Meter, MeterKind
 from simulators.csvsource import DAIAD, CsvReadings, read_csv
 from simulators.labels import Label
@@ -56,7 +57,6 @@ ONSET_AFTER_S = 14 * 86400  # a home's first two weeks teach the bank its normal
 ONSET_BEFORE_END_S = 7 * 86400  # a leak needs days to be seen, whatever the rule
 TARGET_LEAK_PER_1000 = 1.0  # false leak episodes per 1,000 meter-days
 RATE_BANDS = ((5.0, 20.0), (20.0, 80.0), (80.0, 300.0))
-GAP_S = 7200  # the bank's own limit (detectors.registers.GAP_S): longer intervals are gaps
 COMMAND = "python -m bench.daiad_detect --out docs/daiad_detection.md"
 
 
@@ -109,7 +109,7 @@ class Leak:
 
     def label(self) -> Label:
         return Label(
-            meter_id=self.meter_id, type="leak", start=iso(_utc(self.onset_s)), end=None,
+            meter_id=self.meter_id, type="leak", start=iso(utc(self.onset_s)), end=None,
             expect_alert=True, params={"rate_lph": round(self.rate_lph, 1)},
         )  # fmt: skip
 
@@ -157,14 +157,8 @@ def detect(rec: Recording, *, fleet_outliers: bool = True) -> Run:
     monitor = Monitor(
         home_meters(rec.meter_ids), fleet=FleetSettings(fleet_outliers=fleet_outliers)
     )
-    lut = monitor.index(list(rec.meter_ids))
-    alerts: list[Alert] = []
-    readings = 0
-    t0 = time.perf_counter()
-    for b in batches(rec, lut):
-        readings += len(b)
-        alerts.extend(monitor.observe(b))
-    return Run(alerts, time.perf_counter() - t0, readings)
+    result, alerts = observe_recording(monitor, rec)
+    return Run(alerts, result.seconds, result.readings)
 
 
 def leak_rule(alert: Alert) -> str:
@@ -269,7 +263,7 @@ def injected(rec: Recording, leaks: Sequence[Leak], run: Run, real: Run | None) 
     span = spans(rec)
     scores = score(eps, labels, meter_days=meter_days(span))
     leak_score = next(s for s in scores.types if s.type == "leak")
-    outcomes = match(eps, labels).outcomes
+    outcomes = scores.matching.outcomes
     found = [o.episode for o in outcomes if o.episode is not None]
     rules = Counter(leak_rule(a) for a in opening_alerts(run.alerts, found))
     with_leak = {leak.meter_id for leak in leaks}
@@ -499,10 +493,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _utc(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 if __name__ == "__main__":

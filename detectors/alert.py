@@ -16,7 +16,7 @@ from typing import Any
 
 from meterwatch.domain import ALERT_TYPES
 
-__all__ = ["ALERT_TYPES", "SEVERITY_RANK", "Alert", "Severity", "utc"]
+__all__ = ["ALERT_TYPES", "SEVERITY_RANK", "Alert", "Severity", "iso", "utc"]
 
 
 class Severity(StrEnum):
@@ -58,8 +58,8 @@ class Alert:
             "meter_id": self.meter_id,
             "type": self.type,
             "severity": str(self.severity),
-            "started_at": _iso(self.started_at),
-            "detected_at": _iso(self.detected_at),
+            "started_at": iso(self.started_at),
+            "detected_at": iso(self.detected_at),
             "evidence": dict(self.evidence),
             "estimated_loss_m3_per_day": self.estimated_loss_m3_per_day,
             "cleared": self.cleared,
@@ -83,5 +83,6 @@ def utc(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-def _iso(t: datetime) -> str:
+def iso(t: datetime) -> str:
+    """ISO 8601 in UTC with ``Z``, as alerts are written, so reports compare as text too."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,10 +39,6 @@ from detectors.registers import (
 )
 from detectors.state import STATE_DTYPE, new_states, pack, unpack
 from meterwatch.domain import Meter, MeterKind, Reading
-
-# Local days use each zone's offset in mid-January (standard time in the northern hemisphere);
-# China keeps one offset all year.
-_OFFSET_AT = int(datetime(2020, 1, 15, 12, tzinfo=UTC).timestamp())
 
 
 @dataclass
@@ -110,7 +105,7 @@ class Monitor:
             inlet = m.kind == MeterKind.BULK and dma >= 0
             if inlet:
                 self.dma_inlet[dma] = i
-            off = utc_offset_s(m.timezone, _OFFSET_AT)
+            off = utc_offset_s(m.timezone)
             self.params[i] = record(m, self.book.resolve(m), dma, inlet, off)[0]
 
     def _grow(self, n: int) -> None:

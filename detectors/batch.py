@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from meterwatch.domain import FLAG_BITS, Reading
+from meterwatch.domain import Reading, flag_bits
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,13 +38,6 @@ class Batch:
             np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.bool_),
             np.zeros(0, np.int64),
         )  # fmt: skip
-
-
-def flag_bits(flags: Sequence[str]) -> int:
-    bits = 0
-    for name in flags:
-        bits |= FLAG_BITS.get(name, 0)
-    return bits
 
 
 def from_messages(
@@ -89,12 +82,3 @@ def from_messages(
         pos += k
     meter = index([r.meter_id for r in rows])
     return Batch(meter, ts, register, battery, flags, status, span_start)
-
-
-def concat(batches: Sequence[Batch]) -> Batch:
-    if not batches:
-        return Batch.empty()
-    return Batch(*(np.concatenate([getattr(b, f) for b in batches]) for f in _FIELDS))
-
-
-_FIELDS = ("meter", "ts", "register", "battery", "flags", "status", "span_start")

@@ -8,13 +8,13 @@ clip what they learn, so a single extreme day moves them little.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from detectors.emit import enabled, is_open, rule_open
-from detectors.params import day_types
+from detectors.emit import Evidence, Loss, enabled, is_open, rule_open
+from detectors.params import day_types, week_slot
 from meterwatch.holidays import DayType
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     )
     day_high = warm & (use >= pr["hi_factor"][idx] * base + pr["hi_min"][idx])
     high = _window_high(st, pr, idx, use, np.where(warm, base, np.nan), active)
-    _abnormal_high(ctx, idx, high, day_high, start, end, use, base, active)
+    _abnormal_high(ctx, idx, high, day_high, start, end, use, base, active, day)
     # Low use is judged on ordinary days against a baseline of the same kind of day learned from
     # LOW_LEARN_DAYS days at least: a small home's use swings widely from day to day, and two or
     # three days are no measure of it. A day the meter spent mostly silent has its water spread
@@ -122,10 +122,7 @@ def close_days(ctx: Context, idx: NDArray[np.intp]) -> None:
     ordinary = dtype < DayType.HOLIDAY
     looks_low = warm & ordinary & (use > 0) & (use <= pr["lo_factor"][idx] * base) & ~day_high
     judged = ordinary & (own_n >= LOW_LEARN_DAYS) & (st["day_gaps"][idx] < LOW_HOURS)
-    _abnormal(
-        ctx, idx, "abnormal_low", "lo", looks_low & judged & ~idle, judged, pr["lo_days"][idx],
-        start, end, use, base,
-    )  # fmt: skip
+    _abnormal_low(ctx, idx, looks_low & judged & ~idle, judged, start, end, use, base, day)
     learn = ~day_high & ~high & ~looks_low & (use > 0) & ~leaking
     learn &= ~is_open(st, idx, "abnormal_high")
     _learn_day(st, idx[learn], dtype[learn], use[learn], base[learn])
@@ -194,7 +191,7 @@ def _window_high(
 def _abnormal_high(
     ctx: Context, idx: NDArray[np.intp], high: NDArray[np.bool_], day_high: NDArray[np.bool_],
     start: NDArray[np.int64], end: NDArray[np.int64], use: NDArray[np.float64],
-    base: NDArray[np.float64], active: NDArray[np.int64],
+    base: NDArray[np.float64], active: NDArray[np.int64], day: NDArray[np.float64],
 ) -> None:  # fmt: skip
     """Raise when the window is high, repeat daily while days stay high, clear on a normal day."""
     st, pr = ctx.state, ctx.params
@@ -207,71 +204,87 @@ def _abnormal_high(
     r = np.flatnonzero(raise_)
     if r.size:
         k = idx[r]
-        hours = _hours_above(ctx, k, start[r])
+        usual = st["act_base"][k]
+        evidence, loss = _use_evidence(
+            ctx, idx, r, use, base, start, day, st["hi_run"][k].astype(np.int64) + n[r] - 1,
+            lambda j: {
+                "active_hours": int(active[r[j]]),
+                "usual_active_hours": round(float(usual[j]), 1),
+            },
+        )  # fmt: skip
         ctx.emit.raise_(
             "abnormal_high", k, st["hi_start"][k], end[r],
-            np.where(st["hi_run"][k] >= 2 * n[r], 2, 1),
-            lambda j: {
-                "day_m3": round(float(use[r[j]]), 3),
-                "baseline_m3": round(float(base[r[j]]), 3),
-                "ratio": round(float(use[r[j]] / base[r[j]]), 2) if base[r[j]] > 0 else None,
-                "days": int(st["hi_run"][k[j]]) + int(n[r[j]]) - 1,
-                "active_hours": int(active[r[j]]),
-                "usual_active_hours": round(float(st["act_base"][k[j]]), 1),
-                "hours_above_normal": hours[j],
-            },
-            lambda j: round(max(float(use[r[j]] - base[r[j]]), 0.0), 3),
+            np.where(st["hi_run"][k] >= 2 * n[r], 2, 1), evidence, loss,
         )  # fmt: skip
     off = np.flatnonzero(opened & ~day_high & ~high)
     ctx.emit.clear("abnormal_high", idx[off], end[off])
 
 
-def _abnormal(
-    ctx: Context, idx: NDArray[np.intp], alert_type: str, key: str, hit: NDArray[np.bool_],
-    counts: NDArray[np.bool_], need: NDArray[np.int8], start: NDArray[np.int64],
-    end: NDArray[np.int64], use: NDArray[np.float64], base: NDArray[np.float64],
+def _abnormal_low(
+    ctx: Context, idx: NDArray[np.intp], hit: NDArray[np.bool_], counts: NDArray[np.bool_],
+    start: NDArray[np.int64], end: NDArray[np.int64], use: NDArray[np.float64],
+    base: NDArray[np.float64], day: NDArray[np.float64],
 ) -> None:  # fmt: skip
-    """``need`` abnormal days in a row raise; a normal day that counts clears. Any other day
-    ends the run (without clearing): days on either side of a week of Spring Festival are not
-    days in a row."""
+    """``lo_days`` low days in a row raise; a normal day that counts clears. Any other day ends
+    the run (without clearing): days on either side of a week of Spring Festival are not days in
+    a row."""
     st, pr = ctx.state, ctx.params
-    run_f, start_f = f"{key}_run", f"{key}_start"
-    run = np.where(hit, st[run_f][idx].astype(np.int64) + 1, 0)
-    st[start_f][idx] = np.where(hit & (run == 1), start, st[start_f][idx])
-    st[run_f][idx] = np.minimum(run, 100).astype(np.int8)
-    on = hit & (run >= need) & enabled(pr, idx, alert_type)
+    need = pr["lo_days"][idx]
+    run = np.where(hit, st["lo_run"][idx].astype(np.int64) + 1, 0)
+    st["lo_start"][idx] = np.where(hit & (run == 1), start, st["lo_start"][idx])
+    st["lo_run"][idx] = np.minimum(run, 100).astype(np.int8)
+    on = hit & (run >= need) & enabled(pr, idx, "abnormal_low")
     if on.any():
         r = np.flatnonzero(on)
         k = idx[r]
-        hours = _hours_above(ctx, k, start[r])
+        evidence, loss = _use_evidence(ctx, idx, r, use, base, start, day, run[r])
         ctx.emit.raise_(
-            alert_type, k, st[start_f][k], end[r], np.where(run[r] >= 2 * need[r], 2, 1),
-            lambda j: {
-                "day_m3": round(float(use[r[j]]), 3),
-                "baseline_m3": round(float(base[r[j]]), 3),
-                "ratio": round(float(use[r[j]] / base[r[j]]), 2) if base[r[j]] > 0 else None,
-                "days": int(run[r[j]]),
-                "hours_above_normal": hours[j],
-            },
-            lambda j: round(max(float(use[r[j]] - base[r[j]]), 0.0), 3),
+            "abnormal_low", k, st["lo_start"][k], end[r], np.where(run[r] >= 2 * need[r], 2, 1),
+            evidence, loss,
         )  # fmt: skip
-    off = np.flatnonzero(~hit & counts & rule_open(st, idx, alert_type))
-    ctx.emit.clear(alert_type, idx[off], end[off])
+    off = np.flatnonzero(~hit & counts & rule_open(st, idx, "abnormal_low"))
+    ctx.emit.clear("abnormal_low", idx[off], end[off])
 
 
-def _hours_above(ctx: Context, k: NDArray[np.intp], start: NDArray[np.int64]) -> list[list[int]]:
-    """Local hours of the day whose use was over twice the hour-of-week baseline (evidence)."""
+def _use_evidence(
+    ctx: Context, idx: NDArray[np.intp], r: NDArray[np.intp], use: NDArray[np.float64],
+    base: NDArray[np.float64], start: NDArray[np.int64], day: NDArray[np.float64],
+    days: NDArray[np.int64], more: Evidence | None = None,
+) -> tuple[Evidence, Loss]:  # fmt: skip
+    """Evidence and estimated loss of abnormal use on rows ``r`` of the closing days: the day's
+    use against its baseline, ``days`` abnormal so far, ``more`` facts of the rule, and the local
+    hours whose use was over twice their hour-of-week baseline."""
+    hours = _hours_above(ctx, idx[r], start[r], day[r])
+
+    def evidence(j: int) -> dict[str, Any]:
+        i = r[j]
+        return {
+            "day_m3": round(float(use[i]), 3),
+            "baseline_m3": round(float(base[i]), 3),
+            "ratio": round(float(use[i] / base[i]), 2) if base[i] > 0 else None,
+            "days": int(days[j]),
+            **(more(j) if more is not None else {}),
+            "hours_above_normal": hours[j],
+        }
+
+    def loss(j: int) -> float:
+        return round(max(float(use[r[j]] - base[r[j]]), 0.0), 3)
+
+    return evidence, loss
+
+
+def _hours_above(
+    ctx: Context, k: NDArray[np.intp], start: NDArray[np.int64], day: NDArray[np.float64]
+) -> list[list[int]]:
+    """Local hours of the days starting at ``start`` (their volumes ``day``, as
+    :func:`_day_hours` reads them) whose use was over twice the hour-of-week baseline."""
     st, pr = ctx.state, ctx.params
-    out = []
-    for j in range(k.size):
-        m = int(k[j])
-        hours = start[j] // 3600 + np.arange(24)
-        local = (hours * 3600 + int(pr["off_s"][m])) // 3600 % 24
-        lday = (hours * 3600 + int(pr["off_s"][m])) // 86400
-        slot = ((lday + 3) % 7) * 24 + local
-        used = st["ring"][m, hours % 24]
-        out.append([int(h) for h in local[used > 2.0 * st["how"][m, slot] + 0.001]])
-    return out
+    local = ((start // 3600)[:, None] + np.arange(24)[None, :]) * 3600 + pr["off_s"][k][:, None]
+    lday = local // 86400
+    lh = (local // 3600) % 24
+    slot = week_slot(lday, lh, day_types(lday, pr["cn"][k][:, None]))
+    above = day > 2.0 * st["how"][k[:, None], slot] + 0.001
+    return [[int(h) for h in lh[j][above[j]]] for j in range(k.size)]
 
 
 def _learn_day(
@@ -343,29 +356,29 @@ def _leak_daily(
         rate = low[r] - base[r]
         sev = np.where(rate >= pr["leak_crit"][kk], 2, 1).astype(np.int8)
         began = start[rows][r] - (days[r] - 1) * 86400
-        if r.size:  # raised, or repeated once a day with the new estimate
-            ctx.emit.raise_(
-                "leak", kk, began, end[rows][r], sev,
-                lambda j: {
-                    "rule": "low_flow_day",
-                    "leak_lph": round(float(rate[j]) * 1000.0, 1),
-                    "low_flow_lph": round(float(low[r[j]]) * 1000.0, 1),
-                    "normal_low_lph": round(float(base[r[j]]) * 1000.0, 1),
-                    "threshold_lph": round(float(base[r[j]] + margin[r[j]]) * 1000.0, 1),
-                    "window_h": int(days[r[j]]) * 24,
-                },
-                lambda j: round(float(rate[j]) * 24.0, 3),
-            )  # fmt: skip
-            st["leak_sev"][kk] = sev
-            st["leak_rate"][kk] = rate
-            st["leak_day"][kk] = lday[rows][r]
+        # Raised, or repeated once a day with the new estimate.
+        ctx.emit.raise_(
+            "leak", kk, began, end[rows][r], sev,
+            lambda j: {
+                "rule": "low_flow_day",
+                "leak_lph": round(float(rate[j]) * 1000.0, 1),
+                "low_flow_lph": round(float(low[r[j]]) * 1000.0, 1),
+                "normal_low_lph": round(float(base[r[j]]) * 1000.0, 1),
+                "threshold_lph": round(float(base[r[j]] + margin[r[j]]) * 1000.0, 1),
+                "window_h": int(days[r[j]]) * 24,
+            },
+            lambda j: round(float(rate[j]) * 24.0, 3),
+        )  # fmt: skip
+        st["leak_sev"][kk] = sev
+        st["leak_rate"][kk] = rate
+        st["leak_day"][kk] = lday[rows][r]
     quiet = np.flatnonzero(opened & ~hit & (low < base + 0.5 * margin))
     if quiet.size:
         kk = k[quiet]
         ctx.emit.clear("leak", kk, end[rows][quiet])
         st["leak_rate"][kk] = 0.0
         st["leak_sev"][kk] = 0
-    learn = ~above & ~opened & (dtype[rows] == DayType.WORKDAY)
+    learn = ~above & ~opened
     if learn.any():
         kk, x = k[learn], low[learn]
         nn, b, d = n[learn], base[learn], dev[learn]

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from detectors.alert import utc
 from detectors.daily import close_days
 from detectors.emit import enabled, rule_open
-from detectors.params import day_types
+from detectors.params import day_types, week_slot
 from meterwatch.holidays import DayType
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def _hour_of_week(
     dtype: NDArray[np.int8], vol: NDArray[np.float64],
 ) -> None:  # fmt: skip
     """Robust running mean per hour of the week; public holidays count as Sundays."""
-    weekday = np.where(dtype >= DayType.HOLIDAY, 6, (lday.astype(np.int64) + 3) % 7)
-    slot = weekday * 24 + lh
+    slot = week_slot(lday, lh, dtype)
     n = st["how_n"][idx, slot].astype(np.float64)
     old = st["how"][idx, slot].astype(np.float64)
     st["day_norm"][idx] += np.where(n > 0, old, vol)

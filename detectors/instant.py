@@ -13,11 +13,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.emit import Emitter, enabled
-from detectors.params import day_types
+from detectors.params import day_types, week_slot
 from detectors.registers import GAP_S, REVERSE, Intervals, ffill, group_last, group_starts, runs
 from detectors.state import TYPE_BIT
-from meterwatch.domain import FLAG_BITS
-from meterwatch.holidays import DayType
+from meterwatch.domain import FLAG_BITS, flag_names
 
 # The meter's flags and the alert type each one raises. Every known flag maps somewhere.
 FLAG_TYPES: tuple[tuple[str, int], ...] = (
@@ -28,7 +27,6 @@ FLAG_TYPES: tuple[tuple[str, int], ...] = (
     ("low_battery", FLAG_BITS["low_battery"]),
     ("meter_alarm", FLAG_BITS["dry"]),
 )
-_NAMES = sorted((bit, name) for name, bit in FLAG_BITS.items())
 BATTERY_HYSTERESIS_PCT = 5.0
 DAY_LEVEL_HOURS = 3  # closed hours of the day before its level counts
 
@@ -93,7 +91,7 @@ def _flag_evidence(
     def evidence(k: int) -> dict[str, Any]:
         ev: dict[str, Any] = {
             "source": "meter_flag",
-            "flags": [n for b, n in _NAMES if int(bits[k]) & b],
+            "flags": list(flag_names(int(bits[k]))),
         }
         if not np.isnan(battery[k]):
             ev["battery_pct"] = round(float(battery[k]), 1)
@@ -197,8 +195,7 @@ def _normal_flow(
     is learned, the highest hourly normal it has learned (0 for a new meter)."""
     local = t1 - 1 + params["off_s"][m]
     lday = local // 86400
-    weekday = np.where(day_types(lday, params["cn"][m]) >= DayType.HOLIDAY, 6, (lday + 3) % 7)
-    slot = weekday * 24 + (local // 3600) % 24
+    slot = week_slot(lday, (local // 3600) % 24, day_types(lday, params["cn"][m]))
     how = state["how"][m, slot].astype(np.float64)
     learned = state["how_n"][m, slot] > 0
     todo = np.flatnonzero(~learned)

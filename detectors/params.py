@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from detectors.config import Thresholds
 from detectors.state import TYPE_BIT
 from meterwatch.domain import Meter, MeterKind
-from meterwatch.holidays import day_type
+from meterwatch.holidays import DayType, day_type
 
 BATCH_UPLOAD_S = 6 * 3600  # meters uploading this rarely send many readings per upload
 # Zones of mainland China (the State Council's holiday calendar applies there).
@@ -64,11 +64,15 @@ PARAM_DTYPE = np.dtype(
 )
 
 
+_OFFSET_AT = datetime(2020, 1, 15, 12, tzinfo=UTC)
+
+
 @functools.lru_cache(maxsize=256)
-def utc_offset_s(timezone: str, at_epoch_s: int) -> int:
-    """The zone's offset at an event time. China has one offset all year; zones with daylight
-    saving keep the offset of the meter's first reading (local days may shift by an hour there)."""
-    offset = datetime.fromtimestamp(at_epoch_s, UTC).astimezone(ZoneInfo(timezone)).utcoffset()
+def utc_offset_s(timezone: str) -> int:
+    """The zone's UTC offset in mid-January, used all year. China has one offset all year; a zone
+    with daylight saving keeps its mid-January one (standard time in the northern hemisphere), so
+    its local days are an hour off while its clocks are changed."""
+    offset = _OFFSET_AT.astimezone(ZoneInfo(timezone)).utcoffset()
     return int(offset.total_seconds()) if offset is not None else 0
 
 
@@ -140,4 +144,14 @@ def day_types(day: NDArray[np.integer], cn: NDArray[np.bool_]) -> NDArray[np.int
         return typed
     weekend = ((d + 3) % 7 >= 5).astype(np.int8)  # 1970-01-01 was a Thursday
     out: NDArray[np.int8] = np.where(cn, typed, weekend)
+    return out
+
+
+def week_slot(
+    lday: NDArray[np.integer], lh: NDArray[np.integer], dtype: NDArray[np.int8]
+) -> NDArray[np.int64]:
+    """Hour of the week (Monday 0 h is 0) of local day numbers and hours, with their day types
+    (:func:`day_types`): public holidays count as Sundays."""
+    weekday = np.where(dtype >= DayType.HOLIDAY, 6, (np.asarray(lday, np.int64) + 3) % 7)
+    out: NDArray[np.int64] = weekday * 24 + lh
     return out

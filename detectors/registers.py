@@ -49,7 +49,6 @@ def accepted(
 class Intervals:
     """Intervals between consecutive accepted readings, grouped by meter, in time order."""
 
-    row: NDArray[np.int64]  # batch row (grouped order) of the interval's end reading
     meter: NDArray[np.int32]
     t0: NDArray[np.int64]
     t1: NDArray[np.int64]
@@ -76,13 +75,13 @@ def intervals(
     t0[1:], r0[1:] = t1[:-1], r1[:-1]
     t0[first], r0[first] = last_ts[m[first]], last_reg[m[first]]
     has_prev = t0 >= 0
-    rows, m, t0, t1 = rows[has_prev], m[has_prev], t0[has_prev], t1[has_prev]
+    m, t0, t1 = m[has_prev], t0[has_prev], t1[has_prev]
     r0, r1 = r0[has_prev], r1[has_prev]
     hours = (t1 - t0) / 3600.0
     capacity = q3_m3h[m] * Q4_OVER_Q3 * hours + TOLERANCE_M3
     delta = r1 - r0
     wrapped = r1 + register_max_m3[m] - r0
-    kind = np.full(rows.size, FAULT, np.int8)
+    kind = np.full(m.size, FAULT, np.int8)
     kind[(-delta <= capacity) & (delta < 0)] = REVERSE
     kind[(delta < 0) & (-delta > capacity) & (r1 <= REPLACEMENT_MAX_START_M3)] = REPLACEMENT
     kind[(delta < 0) & (wrapped >= 0) & (wrapped <= capacity)] = ROLLOVER
@@ -91,7 +90,7 @@ def intervals(
         [kind == FLOW, kind == ROLLOVER, kind == REPLACEMENT], [delta, wrapped, r1], 0.0
     )
     reverse = np.where(kind == REVERSE, -delta, 0.0)
-    return Intervals(rows, m, t0, t1, volume, reverse, kind)
+    return Intervals(m, t0, t1, volume, reverse, kind)
 
 
 @dataclass(frozen=True, eq=False)

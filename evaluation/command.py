@@ -81,7 +81,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> Scores:
     """Score and, with ``--report``, write the report; a database is opened only when needed."""
     from evaluation.episodes import episodes, read_alert_stream
-    from evaluation.matching import label_outcomes
     from evaluation.report import write_report
     from evaluation.scores import score
     from evaluation.series import recording_meter_days, series_from_db, series_from_recording
@@ -114,7 +113,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> Scores:
             series: Series = (
                 series_from_recording(args.recording) if args.recording else series_from_db(db())
             )
-            paths = write_report(scores, label_outcomes(eps, labels), Path(args.report), series)
+            paths = write_report(scores, scores.matching.outcomes, Path(args.report), series)
             log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return scores
 

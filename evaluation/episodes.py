@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from detectors.alert import SEVERITY_RANK, Alert, Severity
-
-
-def iso(t: datetime) -> str:
-    """ISO 8601 in UTC with ``Z``, as alerts are written, so reports compare as text too."""
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from detectors.alert import SEVERITY_RANK, Alert, Severity, iso
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evaluation.episodes import Episode
-from evaluation.matching import FLEET_WIDE, LabelOutcome, Window, match
+from evaluation.matching import FLEET_WIDE, LabelOutcome, Matching, Window, match
 from simulators.labels import Label
 
 # What a whole fleet does differently on a public holiday; other types are not about volume.
@@ -96,11 +96,14 @@ class NoiseScore:
 
 @dataclass(frozen=True, slots=True)
 class Scores:
+    """The scores, and the matching of episodes to labels they were counted from (for reports)."""
+
     meter_days: float
     types: tuple[TypeScore, ...]
     overall: TypeScore
     noise: tuple[NoiseScore, ...]
     fleet_wide: tuple[NoiseScore, ...]
+    matching: Matching = field(repr=False)
 
     def to_json(self) -> dict[str, Any]:
         def rows(items: Iterable[TypeScore | NoiseScore]) -> dict[str, Any]:
@@ -201,5 +204,5 @@ def score(episodes: Sequence[Episode], labels: Iterable[Label], *, meter_days: f
     return Scores(
         meter_days=meter_days, types=types, overall=overall,
         noise=_noise(noise, episodes, m.true_episode, by_meter),
-        fleet_wide=_noise(fleet, episodes, m.true_episode, None),
+        fleet_wide=_noise(fleet, episodes, m.true_episode, None), matching=m,
     )  # fmt: skip

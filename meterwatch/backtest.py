@@ -2,17 +2,17 @@
 
 Engineers tune before they deploy: the stored readings of a period go through two fresh banks, one
 with the thresholds in force and one with the proposed ones, and the alert episodes are compared:
-what would appear, what would vanish. Both runs read the same rows in the same order, so the
-difference is the thresholds' alone. Readings come back one per message in time order (the
-storage keeps readings, not how they were grouped in uplinks), which the detectors accept as any
-arrival order.
+what would appear, what would vanish. The rows are read once and fed to both banks in the same
+order, so the difference is the thresholds' alone. Readings come back one per message in time
+order (the storage keeps readings, not how they were grouped in uplinks), which the detectors
+accept as any arrival order.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,18 +21,20 @@ import psycopg
 
 from detectors.alert import Alert
 from detectors.bank import Monitor
-from detectors.batch import Batch, flag_bits
+from detectors.batch import Batch
 from detectors.config import FleetSettings, ThresholdBook
 from evaluation.episodes import Episode, episodes
+from meterwatch.domain import flag_bits
 from storage.registry import load_meters
 
 CHUNK = 50_000
 
 
-def stored_batches(
-    conn: psycopg.Connection[Any], monitor: Monitor, since: datetime, until: datetime
-) -> Iterator[Batch]:
-    """Stored readings of ``[since, until)`` in time order, as bank batches."""
+def stored_chunks(
+    conn: psycopg.Connection[Any], since: datetime, until: datetime
+) -> Iterator[tuple[list[str], Batch]]:
+    """Stored readings of ``[since, until)`` in time order, chunk by chunk: the meter ids and a
+    batch whose ``meter`` column is still to be filled with a bank's indices of them."""
     with conn.cursor(name="mw_backtest") as cur:
         cur.itersize = CHUNK
         cur.execute(
@@ -44,8 +46,8 @@ def stored_batches(
             n = len(rows)
             ts = np.fromiter((r[1] for r in rows), np.int64, n)
             battery = np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float32, n)
-            yield Batch(
-                meter=monitor.index([r[0] for r in rows]),
+            batch = Batch(
+                meter=np.zeros(n, np.int32),
                 ts=ts,
                 register=np.fromiter((r[2] for r in rows), np.float64, n),
                 battery=battery,
@@ -53,16 +55,20 @@ def stored_batches(
                 status=np.ones(n, np.bool_),
                 span_start=ts.copy(),
             )
+            yield [r[0] for r in rows], batch
 
 
-def run_bank(
-    conn: psycopg.Connection[Any], book: ThresholdBook, fleet: FleetSettings,
+def run_banks(
+    conn: psycopg.Connection[Any], books: Sequence[ThresholdBook], fleet: FleetSettings,
     since: datetime, until: datetime,
-) -> list[Alert]:  # fmt: skip
-    monitor = Monitor(load_meters(conn), thresholds=book, fleet=fleet)
-    out: list[Alert] = []
-    for batch in stored_batches(conn, monitor, since, until):
-        out.extend(monitor.observe(batch))
+) -> list[list[Alert]]:  # fmt: skip
+    """The alerts of one fresh bank per threshold book over the same stored readings, read once."""
+    meters = load_meters(conn)
+    monitors = [Monitor(meters, thresholds=book, fleet=fleet) for book in books]
+    out: list[list[Alert]] = [[] for _ in monitors]
+    for ids, batch in stored_chunks(conn, since, until):
+        for monitor, alerts in zip(monitors, out, strict=True):
+            alerts.extend(monitor.observe(replace(batch, meter=monitor.index(ids))))
     return out
 
 
@@ -119,9 +125,10 @@ def backtest(
     conn: psycopg.Connection[Any], current: ThresholdBook, proposed: ThresholdBook,
     since: datetime, until: datetime, fleet: FleetSettings | None = None,
 ) -> BacktestResult:  # fmt: skip
-    fleet = fleet or FleetSettings()
-    old = episodes(run_bank(conn, current, fleet, since, until))
-    new = episodes(run_bank(conn, proposed, fleet, since, until))
+    current_alerts, proposed_alerts = run_banks(
+        conn, [current, proposed], fleet or FleetSettings(), since, until
+    )
+    old, new = episodes(current_alerts), episodes(proposed_alerts)
     return BacktestResult(
         since, until,
         current=Counter(e.type for e in old), proposed=Counter(e.type for e in new),

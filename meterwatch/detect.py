@@ -88,6 +88,28 @@ class DetectResult:
         }
 
 
+def observe_recording(
+    monitor: Monitor, rec: Recording | RecordingFile, block: int = BLOCK_ROWS
+) -> tuple[DetectResult, list[Alert]]:
+    """Feed ``monitor`` a recording (in memory, or on disk chunk by chunk) in send order; its
+    alerts (raised, repeated and cleared, in order). The recording's meters the monitor does not
+    know are registered with default facts."""
+    lut = monitor.index(list(rec.meter_ids))
+    chunks = rec.chunks() if isinstance(rec, RecordingFile) else [rec]
+    result = DetectResult()
+    alerts: list[Alert] = []
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        for b in batches(chunk, lut, block):
+            result.readings += len(b)
+            alerts.extend(monitor.observe(b))
+    result.seconds = time.perf_counter() - t0
+    result.meters = len(monitor)
+    result.alerts = len(alerts)
+    result.by_type = Counter(a.type for a in alerts if not a.cleared)
+    return result, alerts
+
+
 def run(
     recording: Path,
     *,
@@ -97,22 +119,11 @@ def run(
     out: Path | None = None,
     block: int = BLOCK_ROWS,
 ) -> tuple[DetectResult, list[Alert]]:
-    """Alerts of the whole recording (raised, repeated and cleared, in order)."""
+    """Alerts of the whole recording file (raised, repeated and cleared, in order)."""
     rf = RecordingFile.open(recording)
     monitor = Monitor(meters if meters is not None else meters_beside(recording),
                       thresholds=thresholds, fleet=fleet)  # fmt: skip
-    lut = monitor.index(list(rf.meter_ids))
-    result = DetectResult()
-    alerts: list[Alert] = []
-    t0 = time.perf_counter()
-    for chunk in rf.chunks():
-        for b in batches(chunk, lut, block):
-            result.readings += len(b)
-            alerts.extend(monitor.observe(b))
-    result.seconds = time.perf_counter() - t0
-    result.meters = len(monitor)
-    result.alerts = len(alerts)
-    result.by_type = Counter(a.type for a in alerts if not a.cleared)
+    result, alerts = observe_recording(monitor, rf, block)
     if out is not None:
         write_alerts(out, alerts)
     return result, alerts

@@ -6,11 +6,11 @@ to ``COPY`` unchanged, so it must be cheap to create and already a row.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-KNOWN_FLAGS = frozenset({"tamper", "magnetic", "reverse", "leak", "burst", "low_battery", "dry"})
 # One bit per known flag: the compact form recordings and detectors carry (fits a uint8).
 FLAG_BITS: dict[str, int] = {
     "tamper": 1,
@@ -21,6 +21,20 @@ FLAG_BITS: dict[str, int] = {
     "low_battery": 32,
     "dry": 64,
 }
+KNOWN_FLAGS = frozenset(FLAG_BITS)
+
+
+def flag_bits(flags: Iterable[str]) -> int:
+    """The bit set of ``flags``; flags without a bit (unknown to the detectors) are left out."""
+    bits = 0
+    for name in flags:
+        bits |= FLAG_BITS.get(name, 0)
+    return bits
+
+
+def flag_names(bits: int) -> tuple[str, ...]:
+    """The flag names set in ``bits``, in ``FLAG_BITS`` order (the order the codec expects)."""
+    return tuple(name for name, bit in FLAG_BITS.items() if bits & bit)
 
 
 # What detectors can say about a meter (docs/detection.md); the contract of alerts everywhere.

@@ -28,8 +28,8 @@ import orjson
 from numpy.typing import NDArray
 
 from meterwatch.codec import encode_uplink
+from meterwatch.domain import flag_names
 from simulators.csvsource import CsvReadings
-from simulators.state import flag_names
 
 if TYPE_CHECKING:
     import pyarrow as pa

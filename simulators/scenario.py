@@ -268,11 +268,7 @@ def simulate(scn: Scenario) -> Simulation:
         for day, name in holidays_in(scn.start.date(), end.date())
         for start in [datetime.combine(day, datetime.min.time(), scn.start.tzinfo).astimezone(UTC)]
     ]
-    # "No consumption" is what the meter shows: a register that does not move. Use below a litre
-    # in an interval moves the true count but not the register, so the registers decide.
-    registered = np.abs(np.diff(reg, axis=1, prepend=reg[:, :1]))
-    derived = behaviour_labels(meters, grid, registered, prof.drip_lph, labels)
-    del registered
+    derived = behaviour_labels(meters, grid, reg, prof.drip_lph, labels)
     labels = labels + derived + noise + holidays
     return Simulation(scn, meters, modes, grid, state, reg, recording, labels)
 
@@ -280,11 +276,12 @@ def simulate(scn: Scenario) -> Simulation:
 def behaviour_labels(
     meters: list[Meter],
     grid: Grid,
-    moved: NDArray[np.float64],
+    reg: NDArray[np.float64],
     drip_lph: NDArray[np.float64],
     faults_labels: list[Label],
 ) -> list[Label]:
-    """Ground truth for what normal behaviour alone produces, read off the final arrays.
+    """Ground truth for what normal behaviour alone produces, read off the final arrays (``reg``:
+    the registers, meters x columns).
 
     A home empty for a week or more shows no consumption, an alert the utility wants (vacant or
     stuck); a dripping tap at a leak's rate is a leak, and a slower one is labelled as noise.
@@ -312,7 +309,9 @@ def behaviour_labels(
             params = {"rate_lph": round(float(drip_lph[i]), 2), "cause": "drip"}
             kind = "leak" if leak else "drip"
             out.append(Label(m.meter_id, kind, grid.iso(0), None, leak, params))
-        zero = np.concatenate(([False], moved[i, 1:] == 0, [False]))
+        # "No consumption" is what the meter shows: a register that does not move. Use below a
+        # litre in an interval moves the true count but not the register, so the registers decide.
+        zero = np.concatenate(([False], reg[i, 1:] == reg[i, :-1], [False]))
         edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
         for lo, hi in zip(edges[::2], edges[1::2], strict=True):
             if np.count_nonzero(workday_col[lo:hi]) >= week:

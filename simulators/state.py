@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from meterwatch.domain import FLAG_BITS
+from meterwatch.domain import FLAG_BITS, flag_names
 
 __all__ = ["FLAG_BITS", "FleetState", "flag_names", "new_state"]
 
@@ -51,8 +51,3 @@ def new_state(n_meters: int, steps: int) -> FleetState:
         silent=np.zeros(shape, dtype=np.bool_),
         network_loss={},
     )
-
-
-def flag_names(bits: int) -> tuple[str, ...]:
-    """The flag names set in ``bits``, in ``FLAG_BITS`` order (the order the codec expects)."""
-    return tuple(name for name, bit in FLAG_BITS.items() if bits & bit)

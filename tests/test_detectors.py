@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from detectors.alert import Alert, Severity
 from detectors.bank import Monitor
 from detectors.config import ThresholdBook, Thresholds
+from detectors.params import day_types, week_slot
 from meterwatch.domain import Meter, MeterKind, Reading
 
 LOCAL = ZoneInfo("Asia/Shanghai")
@@ -691,3 +692,15 @@ def test_reloading_the_registry_updates_changed_meters_only() -> None:
     assert monitor.params[0] == before[0]
     assert monitor.params["q3"][1] == pytest.approx(10.0)
     assert monitor.params["burst_q"][1] == pytest.approx(3.0)  # 30 % of the new Q3
+
+
+def test_public_holidays_take_the_sunday_slot_of_the_hour_of_week() -> None:
+    # Baselines, burst normals and the abnormal-use evidence all read the hour of the week here.
+    # Thursday (National Day), Saturday (a worked day in China), Sunday, Monday.
+    days = [date(2026, 10, 1), date(2026, 10, 10), date(2026, 10, 11), date(2026, 10, 12)]
+    lday = np.array([(d - date(1970, 1, 1)).days for d in days])
+    nine = np.full(lday.size, 9)
+    in_china = week_slot(lday, nine, day_types(lday, np.ones(lday.size, np.bool_)))
+    elsewhere = week_slot(lday, nine, day_types(lday, np.zeros(lday.size, np.bool_)))
+    assert in_china.tolist() == [6 * 24 + 9, 5 * 24 + 9, 6 * 24 + 9, 9]
+    assert elsewhere.tolist() == [3 * 24 + 9, 5 * 24 + 9, 6 * 24 + 9, 9]
