@@ -24,16 +24,13 @@ import psycopg
 from psycopg import sql
 
 from detectors.alert import Alert, Severity
-from meterwatch.domain import Meter
-from notify.channels import ChannelContext, build_channel
+from notify.channels import ChannelContext
 from notify.config import NotifyConfig
 from notify.dispatcher import DispatchConfig, Dispatcher
-from notify.scheduler import Notifier
-from notify.service import serve_until
-from storage.alerts import apply_alerts
+from notify.service import build_channels, serve_until
 from storage.db import connect
 from storage.migrate import migrate
-from storage.registry import upsert_meters
+from tests.helpers import count, queue_alerts, wait_until
 from tests.receivers import HttpReceiver
 
 SECRET = "bench-secret"
@@ -42,19 +39,12 @@ SECRET = "bench-secret"
 def produce(db_url: str, config: NotifyConfig, stop: threading.Event, every_s: float) -> int:
     """One new burst alert every ``every_s`` seconds until ``stop``; the number raised."""
     n = 0
-    with connect(db_url) as conn:
-        notifier = Notifier(config, SECRET)
-        while not stop.is_set():
-            meter = f"WH-OUT{n:05d}"
-            t = datetime.now(UTC)
-            upsert_meters(conn, [Meter(meter, tenant="acme")])
-            changes = apply_alerts(
-                conn, [Alert(meter, "burst", Severity.CRITICAL, t, t, {"flow_lph": 900.0})]
-            )
-            notifier.after_alerts(conn, changes)
-            conn.commit()
-            n += 1
-            stop.wait(every_s)
+    while not stop.is_set():
+        t = datetime.now(UTC)
+        alert = Alert(f"WH-OUT{n:05d}", "burst", Severity.CRITICAL, t, t, {"flow_lph": 900.0})
+        queue_alerts(db_url, config, [alert], secret=SECRET, tenant="acme")
+        n += 1
+        stop.wait(every_s)
     return n
 
 
@@ -101,8 +91,7 @@ def main() -> None:
                 "rules": [{"name": "duty", "audience": "staff", "channels": ["healthy", "flaky"]}],
             }
         )
-        context = ChannelContext(database_url=db_url)
-        channels = {n: build_channel(n, s, context) for n, s in config.channels.items()}
+        channels = build_channels(config, ChannelContext(database_url=db_url))
         dispatcher = Dispatcher(db_url, channels, DispatchConfig())
         stop_dispatch, stop_produce = threading.Event(), threading.Event()
         sender = threading.Thread(target=serve_until, args=(dispatcher, stop_dispatch))
@@ -126,13 +115,8 @@ def main() -> None:
         stop_produce.set()
         producer.join()
         total = raised[0]
-        deadline = time.monotonic() + 15 * 60
-        while time.monotonic() < deadline:
-            with connect(db_url) as conn:
-                row = conn.execute("SELECT count(*) FROM outbox WHERE status <> 'sent'").fetchone()
-            if row is not None and row[0] == 0:
-                break
-            time.sleep(1)
+        unsent = "SELECT count(*) FROM outbox WHERE status <> 'sent'"
+        wait_until(lambda: count(db_url, unsent) == 0, 15 * 60, every=1)
         t_done = datetime.now(UTC)
         stop_dispatch.set()
         sender.join(60)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from notify.config import DEFAULT_ACK_MIN, DEFAULT_RESOLVE_H
 from notify.model import AlertFacts, Audience, Trigger
 from notify.routing import meter_zone
 
@@ -482,30 +481,26 @@ def render(
     audience: Audience,
     trigger: Trigger,
     lang: str,
+    ack_by: datetime,
+    resolve_by: datetime,
     *,
-    hotline: str,
+    message: Mapping[str, str],
     links: Mapping[str, str],
-    ack_by: datetime | None = None,
-    resolve_by: datetime | None = None,
 ) -> tuple[str, str]:
     """(title, text) of one notification.
 
-    ``ack_by`` / ``resolve_by`` are the SLA deadlines staff texts print; pass the configured ones
-    (``routing.deadlines``). Without them the built-in default targets are used, so a text never
-    lacks a deadline. For ``Trigger.ESCALATED`` the alert's ``escalation_level`` is the new level.
+    ``ack_by`` / ``resolve_by`` are the SLA deadlines staff texts print (``routing.deadlines``);
+    ``message`` is the alert's summary per language (:func:`message`), which customers read. For
+    ``Trigger.ESCALATED`` the alert's ``escalation_level`` is the new level.
     """
     lang = "en" if lang == "en" else "zh"
     if audience == Audience.CUSTOMER:
-        return _customer(alert, trigger, lang, hotline, links)
-    if ack_by is None:
-        ack_by = alert.detected_at + timedelta(minutes=DEFAULT_ACK_MIN.get(alert.type, 240.0))
-    if resolve_by is None:
-        resolve_by = alert.detected_at + timedelta(hours=DEFAULT_RESOLVE_H.get(alert.severity, 8.0))
+        return _customer(alert, trigger, lang, message[lang], links)
     return _staff(alert, trigger, lang, links, ack_by, resolve_by)
 
 
 def _customer(
-    a: AlertFacts, trigger: Trigger, lang: str, hotline: str, links: Mapping[str, str]
+    a: AlertFacts, trigger: Trigger, lang: str, summary: str, links: Mapping[str, str]
 ) -> tuple[str, str]:
     zh, label = lang == "zh", type_label(a.type, lang)
     if trigger == Trigger.RESOLVED:
@@ -523,7 +518,7 @@ def _customer(
         Trigger.REOPENED: ("该情况再次出现。", "This has come back. "),
     }.get(trigger, ("", ""))[0 if zh else 1]
     title = f"用水提醒：{label}" if zh else f"Water use notice: {label}"
-    text = f"**{title}**\n\n{note}{_summary(a, lang, hotline)}"
+    text = f"**{title}**\n\n{note}{summary}"
     yes, no = links.get("expected"), links.get("not_expected")
     if yes and no:
         device = a.type in _DEVICE_TYPES

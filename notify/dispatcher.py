@@ -165,8 +165,7 @@ class Dispatcher:
                 break
             # A full claim may have more behind it, a sent row may have released the next of
             # its alert: claim again until nothing is due or the channel fails.
-            failed_at = await self._send_all(name, claimed, stats)
-            if failed_at is not None:
+            if await self._send_all(name, claimed, stats):
                 break
         self.stats.add(stats)
         return stats
@@ -188,10 +187,11 @@ class Dispatcher:
         name: str,
         claimed: list[tuple[int, int, dict[str, Any], datetime, datetime]],
         stats: DispatchStats,
-    ) -> int | None:
+    ) -> bool:
+        """Send a claim in order; True when the channel failed and the rest was deferred."""
         channel = self.channels[name]
         conn = await self._conn(name)
-        claim_lease = claimed[0][4] if claimed else None
+        claim_lease = claimed[0][4]
         for i, (row_id, attempts, payload, created_at, old) in enumerate(claimed):
             attempt = attempts + 1
             started = self.clock()
@@ -248,15 +248,17 @@ class Dispatcher:
                 log.warning(
                     "%s: %s; retry in %.0f s (%d more deferred)", name, error, delay, len(rest)
                 )
-                return row_id
+                return True
             ms = (time.perf_counter() - t0) * 1000.0
             async with conn.transaction():
                 await conn.execute(SENT, {"id": row_id, "now": self.clock(), "lease": lease})
-                await conn.execute(LOG, _log(row_id, attempt, name, started, ms, True, detail))
+                await conn.execute(
+                    LOG, _log(row_id, attempt, name, started, ms, True, _text(detail))
+                )
             stats.sent += 1
             self._failures[name] = 0
             self._blocked_until.pop(name, None)
-        return None
+        return False
 
     async def mark_orphans(self) -> int:
         """Rows for channels that are no longer configured can never go out: mark them dead."""
@@ -349,6 +351,7 @@ def _text(detail: str) -> str:
 def _log(
     row_id: int, attempt: int, channel: str, at: datetime, ms: float, ok: bool, detail: str
 ) -> dict[str, Any]:
+    """A ``deliveries`` row; ``detail`` has been through :func:`_text`."""
     return {
         "id": row_id,
         "attempt": attempt,
@@ -356,5 +359,5 @@ def _log(
         "now": at,
         "ms": ms,
         "ok": ok,
-        "detail": _text(detail),
+        "detail": detail,
     }

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from detectors.alert import iso
 
 # PostgreSQL NOTIFY channel of the live stream: the notifier's "stream" channel sends on it and the
 # API's server-sent events endpoint listens, so the dashboard hears alerts from any process.
@@ -141,7 +143,3 @@ def idem_key(alert_id: int, trigger: Trigger, level: int, channel: str, seq: int
     """Stable per (alert, trigger, level, channel, seq); ``seq`` tells repeated triggers apart
     (a second severity rise, a second reopening)."""
     return f"mw-{alert_id}-{trigger}-{level}-{seq}-{channel}"
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

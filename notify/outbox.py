@@ -16,19 +16,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from detectors.alert import iso
 from notify import content
-from notify.config import NotifyConfig
+from notify.config import SEVERITY_RANK, NotifyConfig
 from notify.links import alert_link, feedback_links
-from notify.model import AlertFacts, Audience, Notification, Trigger, idem_key, iso
+from notify.model import AlertFacts, Audience, Notification, Trigger, idem_key
 from notify.routing import deadlines, route
+from storage.alerts import jsonb_dumps
 
 WAKE_CHANNEL = "meterwatch_outbox"  # NOTIFY channel that wakes dispatchers when rows commit
 LINK_DAYS = 30  # how long a customer's feedback link works
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 FACTS = """
 SELECT a.id, a.tenant, a.meter_id, a.dma, a.type, a.severity, a.status, a.started_at,
@@ -60,6 +60,8 @@ WHERE a.id = x.id
 
 # The event time of a change: one for every alert, or one per alert id.
 At = datetime | Mapping[int, datetime] | None
+# Alerts that changed the same way: several such groups go to the outbox in one call.
+Group = tuple[Sequence[int], Trigger]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +139,15 @@ def plan(
         if f.sla_from is not None and f.sla_from > when:
             when = f.sla_from
         for target in route(config, f, trigger, lvl, when):
+            shown = links if target.audience == Audience.CUSTOMER else {"alert": links["alert"]}
             title, text = content.render(
-                f, target.audience, trigger, target.lang, hotline=config.hotline,
-                links=links if target.audience == Audience.CUSTOMER else {"alert": links["alert"]},
-                ack_by=ack_by, resolve_by=resolve_by,
+                f, target.audience, trigger, target.lang, ack_by, resolve_by,
+                message=message, links=shown,
             )  # fmt: skip
             key = idem_key(f.id, trigger, lvl, target.channel, n_seq)
             n = Notification(
                 key=key, channel=target.channel, audience=target.audience, trigger=trigger,
-                lang=target.lang, title=title, text=text, alert=alert_json,
-                links=links if target.audience == Audience.CUSTOMER else {"alert": links["alert"]},
+                lang=target.lang, title=title, text=text, alert=alert_json, links=shown,
                 created_at=iso(when),
             )  # fmt: skip
             rows.append(
@@ -172,7 +173,7 @@ def _insert_params(rows: Sequence[OutboxRow]) -> tuple[list[Any], ...]:
         [r.channel for r in rows],
         [r.audience for r in rows],
         [r.key for r in rows],
-        [Jsonb(r.payload, _dumps) for r in rows],
+        [Jsonb(r.payload, jsonb_dumps) for r in rows],
         [r.hold_until for r in rows],
     )
 
@@ -181,17 +182,13 @@ def _annotate_params(notes: Sequence[tuple[int, str | None, Mapping[str, str]]])
     return (
         [n[0] for n in notes],
         [n[1] for n in notes],
-        [Jsonb(dict(n[2]), _dumps) for n in notes],
+        [Jsonb(dict(n[2]), jsonb_dumps) for n in notes],
     )
-
-
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _writes(
     facts: Sequence[tuple[AlertFacts, int]],
-    trigger: Trigger,
+    groups: Sequence[Group],
     config: NotifyConfig,
     secret: str,
     *,
@@ -199,18 +196,51 @@ def _writes(
     at: At,
     seq: int | None,
 ) -> list[tuple[str, tuple[Any, ...]]]:
-    """The statements that store one trigger's notifications, for either kind of connection."""
-    rows, notes = plan(
-        facts, trigger, config, secret, level=level, at=at, seq=seq,
-        link_expires_at=int(time.time()) + LINK_DAYS * 86400,
-    )  # fmt: skip
+    """The statements that store the notifications of these groups (each of them a subset of
+    ``facts``), for either kind of connection: one ANNOTATE, one NOTIFY, one INSERT."""
+    expires = int(time.time()) + LINK_DAYS * 86400
+    rows: list[OutboxRow] = []
+    notes: dict[int, tuple[int, str | None, dict[str, str]]] = {}
+    for ids, trigger in groups:
+        wanted = set(ids)
+        group_rows, group_notes = plan(
+            [x for x in facts if x[0].id in wanted], trigger, config, secret,
+            level=level, at=at, seq=seq, link_expires_at=expires,
+        )  # fmt: skip
+        rows += group_rows
+        # An alert's team and message follow from its facts alone, whatever the trigger.
+        notes.update((note[0], note) for note in group_notes)
     writes: list[tuple[str, tuple[Any, ...]]] = []
     if notes:
-        writes.append((ANNOTATE, _annotate_params(notes)))
+        writes.append((ANNOTATE, _annotate_params(list(notes.values()))))
     if rows:
         writes.append(("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,)))
         writes.append((INSERT, _insert_params(rows)))
     return writes
+
+
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    groups: Sequence[Group],
+    config: NotifyConfig,
+    secret: str,
+    *,
+    level: int | None = None,
+    at: At = None,
+    seq: int | None = None,
+) -> int:
+    """Write the notifications of several (alert ids, trigger) groups at once (caller's
+    transaction): the alerts' facts are loaded once, the rows go out in one statement. The
+    number of new outbox rows."""
+    alert_ids = sorted({i for ids, _ in groups for i in ids})
+    if not alert_ids:
+        return 0
+    facts = [facts_from_row(r) for r in conn.execute(FACTS, (alert_ids,))]
+    added = 0
+    for query, params in _writes(facts, groups, config, secret, level=level, at=at, seq=seq):
+        n = conn.execute(query, params).rowcount
+        added = n if query is INSERT else added
+    return added
 
 
 def enqueue(
@@ -226,14 +256,7 @@ def enqueue(
 ) -> int:
     """Write the notifications of ``trigger`` on these alerts (caller's transaction); the number
     of new outbox rows."""
-    if not alert_ids:
-        return 0
-    facts = [facts_from_row(r) for r in conn.execute(FACTS, (list(alert_ids),))]
-    added = 0
-    for query, params in _writes(facts, trigger, config, secret, level=level, at=at, seq=seq):
-        n = conn.execute(query, params).rowcount
-        added = n if query is INSERT else added
-    return added
+    return enqueue_many(conn, [(alert_ids, trigger)], config, secret, level=level, at=at, seq=seq)
 
 
 async def enqueue_async(
@@ -253,7 +276,8 @@ async def enqueue_async(
     cur = await conn.execute(FACTS, (list(alert_ids),))
     facts = [facts_from_row(r) for r in await cur.fetchall()]
     added = 0
-    for query, params in _writes(facts, trigger, config, secret, level=level, at=at, seq=seq):
+    groups = [(alert_ids, trigger)]
+    for query, params in _writes(facts, groups, config, secret, level=level, at=at, seq=seq):
         n = (await conn.execute(query, params)).rowcount
         added = n if query is INSERT else added
     return added

@@ -122,14 +122,6 @@ def escalation_due(config: NotifyConfig, alert_type: str, level: int) -> timedel
     return ack_due(config, alert_type) * level
 
 
-def next_escalation(config: NotifyConfig, alert: AlertFacts) -> tuple[int, datetime] | None:
-    """The next rung for an open alert and the event time it is due, or ``None`` at the top."""
-    level = alert.escalation_level + 1
-    if level > config.max_level:
-        return None
-    return level, alert.sla_start + escalation_due(config, alert.type, level)
-
-
 def deadlines(config: NotifyConfig, alert: AlertFacts) -> tuple[datetime, datetime]:
     """(acknowledge by, resolve by) for the alert, as staff notifications print them."""
     return (

@@ -14,20 +14,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from meterwatch.domain import ALERT_TYPES
 from notify.config import NotifyConfig
 from notify.model import Trigger
-from notify.outbox import SEVERITY_RANK, enqueue
-from notify.routing import ack_due, auto_resolve_after
-from storage.alerts import AlertChanges
+from notify.outbox import enqueue, enqueue_many
+from notify.routing import ack_due, auto_resolve_after, escalation_due
+from storage.alerts import RANK, AlertChanges, Event, write_events
 
 log = logging.getLogger(__name__)
+
+EVENT_CLOCK = "ingest"  # the event clock's row: ingest's watermark, which the scheduler runs on
 
 SET_CLOCK = """
 INSERT INTO event_clock (name, at) VALUES (%s, %s)
@@ -41,12 +42,11 @@ WHERE status = 'pending' AND hold_until IS NOT NULL AND hold_until <= %s
 """
 
 # New alerts, and open ones that became more severe than what people were last told.
-TO_ANNOUNCE = """
-SELECT id, severity, notified_severity FROM alerts
+TO_ANNOUNCE = f"""
+SELECT id, notified_severity IS NULL FROM alerts
 WHERE id = ANY(%s::bigint[]) AND status <> 'resolved'
   AND (notified_severity IS NULL OR
-       array_position(ARRAY['info', 'warning', 'critical'], severity) >
-       array_position(ARRAY['info', 'warning', 'critical'], notified_severity))
+       {RANK.format("severity")} > {RANK.format("notified_severity")})
 """
 MARK_ANNOUNCED = """
 UPDATE alerts SET notified_severity = severity WHERE id = ANY(%s::bigint[])
@@ -125,11 +125,6 @@ WHERE a.type = r.type AND a.status <> 'resolved' AND a.cleared_at IS NOT NULL
 RETURNING a.id, a.cleared_at
 """
 
-EVENT = """
-INSERT INTO alert_events (alert_id, event_time, kind, detail)
-SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::jsonb[])
-"""
-
 ZERO_M3 = 0.0005  # below half a litre an hour is no flow (the register's resolution)
 
 
@@ -141,16 +136,15 @@ class TickResult:
     confirmed: int = 0
     resolved: int = 0
     queued: int = 0
-    events: list[tuple[int, datetime, str, dict[str, Any]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 class Notifier:
     """The alert side of ingest: notifications for changes, and the event-time scheduler."""
 
-    def __init__(self, config: NotifyConfig, secret: str, *, clock_name: str = "ingest") -> None:
+    def __init__(self, config: NotifyConfig, secret: str) -> None:
         self.config = config
         self.secret = secret
-        self.clock_name = clock_name
 
     def after_alerts(
         self,
@@ -163,24 +157,19 @@ class Notifier:
         ``known_at`` is, for meters that upload many readings at once, when their latest upload
         was read (``Monitor.known_at``): their alerts' SLA clocks and quiet hours start there.
         """
-        queued = 0
         if changes.ids:
             known = known_at or {}
             conn.execute(SLA_FROM, (list(known), list(known.values()), changes.ids))
         reopened = set(changes.reopened_ids)
-        if reopened:
-            queued += enqueue(conn, sorted(reopened), Trigger.REOPENED, self.config, self.secret)
         rows = conn.execute(TO_ANNOUNCE, (changes.ids,)).fetchall() if changes.ids else []
-        opened = [r[0] for r in rows if r[2] is None and r[0] not in reopened]
-        rose = [
-            r[0]
-            for r in rows
-            if r[2] is not None
-            and r[0] not in reopened
-            and SEVERITY_RANK.get(r[1], 0) > SEVERITY_RANK.get(r[2], 0)
+        opened = [i for i, new in rows if new and i not in reopened]
+        rose = [i for i, new in rows if not new and i not in reopened]
+        groups = [
+            (sorted(reopened), Trigger.REOPENED),
+            (opened, Trigger.OPENED),
+            (rose, Trigger.SEVERITY),
         ]
-        for ids, trigger in ((opened, Trigger.OPENED), (rose, Trigger.SEVERITY)):
-            queued += enqueue(conn, ids, trigger, self.config, self.secret)
+        queued = enqueue_many(conn, groups, self.config, self.secret)
         announced = [r[0] for r in rows] + sorted(reopened)
         if announced:
             conn.execute(MARK_ANNOUNCED, (announced,))
@@ -192,17 +181,13 @@ class Notifier:
         locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (TICK_LOCK,)).fetchone()
         if not locked or not locked[0]:
             return res
-        row = conn.execute(SET_CLOCK, (self.clock_name, now)).fetchone()
+        row = conn.execute(SET_CLOCK, (EVENT_CLOCK, now)).fetchone()
         now = res.clock = row[0] if row else now
         res.released = conn.execute(RELEASE, (now,)).rowcount
         self._escalate(conn, now, res)
         self._confirm(conn, now, res)
         self._auto_resolve(conn, now, res)
-        if res.events:
-            cols = list(zip(*res.events, strict=True))
-            conn.execute(
-                EVENT, (list(cols[0]), list(cols[1]), list(cols[2]), [Jsonb(d) for d in cols[3]])
-            )
+        write_events(conn, res.events)
         return res
 
     def _escalate(self, conn: psycopg.Connection[Any], now: datetime, res: TickResult) -> None:
@@ -214,10 +199,10 @@ class Notifier:
         # Rung by rung, all alerts at once: a replay jump (or an upgrade) may move thousands.
         due_at: dict[int, dict[int, datetime]] = {}
         for alert_id, alert_type, start, level in rows:
-            due = ack_due(self.config, alert_type)
-            reached = min(top, int((now - start) / due)) if due > timedelta(0) else top
+            reached = min(top, int((now - start) / ack_due(self.config, alert_type)))
             for lvl in range(level + 1, reached + 1):
-                due_at.setdefault(lvl, {})[alert_id] = start + due * lvl
+                at = start + escalation_due(self.config, alert_type, lvl)
+                due_at.setdefault(lvl, {})[alert_id] = at
         moved: set[int] = set()
         for lvl in sorted(due_at):
             ats = due_at[lvl]

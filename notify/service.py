@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from meterwatch.settings import Settings
 from meterwatch.signals import stop_on_signals
 from notify.channels import Channel, ChannelContext, build_channel
+from notify.channels.base import NO_CONTEXT
 from notify.config import NotifyConfig
 from notify.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 
@@ -26,12 +27,18 @@ def dispatch_config(settings: Settings) -> DispatchConfig:
     )
 
 
-def build_channels(settings: Settings, config: NotifyConfig) -> dict[str, Channel]:
-    context = ChannelContext(
+def channel_context(settings: Settings) -> ChannelContext:
+    return ChannelContext(
         database_url=settings.database_url,
         mqtt_url=settings.mqtt_url,
         topic_prefix=settings.topic_prefix,
     )
+
+
+def build_channels(
+    config: NotifyConfig, context: ChannelContext = NO_CONTEXT
+) -> dict[str, Channel]:
+    """Every channel the config names, built with the process-wide defaults of ``context``."""
     return {name: build_channel(name, spec, context) for name, spec in config.channels.items()}
 
 
@@ -41,7 +48,8 @@ def dispatcher_from(
     if not settings.database_url:
         raise ValueError("no database URL (set METERWATCH_DATABASE_URL or pass --database-url)")
     if channels is None:
-        channels = build_channels(settings, NotifyConfig.load(settings.notify_config))
+        config = NotifyConfig.load(settings.notify_config)
+        channels = build_channels(config, channel_context(settings))
     return Dispatcher(settings.database_url, channels, dispatch_config(settings))
 
 

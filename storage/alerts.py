@@ -37,7 +37,6 @@ from storage.queries import ALERT_COLUMNS, AlertRow
 
 COPY_MIN = 500  # from this many states on, a binary COPY beats one statement with arrays
 
-RANK_OF = {str(s): r for s, r in SEVERITY_RANK.items()}
 RANK = "array_position(ARRAY['info', 'warning', 'critical']::text[], {})"
 
 # Raises of a (meter, type) a customer declared expected use for are dropped (table suppressions).
@@ -149,6 +148,8 @@ EVENTS = """
 INSERT INTO alert_events (alert_id, event_time, kind, detail)
 SELECT * FROM unnest(%b::bigint[], %b::timestamptz[], %b::text[], %b::jsonb[])
 """
+# An audit trail entry: (alert id, event time, kind, detail).
+Event = tuple[int, datetime, str, Mapping[str, Any]]
 
 ON_STATE_CONFLICT = """
 ON CONFLICT (meter_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"""
@@ -240,10 +241,25 @@ def _plan(alerts: Sequence[Alert]) -> dict[Key, list[_Raise | _Clear]]:
     return plan
 
 
-def _json(obj: Any) -> bytes:
-    """orjson takes the numpy numbers detectors compute with and writes NaN as null, which jsonb
-    accepts (``json.dumps`` would write ``NaN`` and the whole batch would fail)."""
+def jsonb_dumps(obj: Any) -> bytes:
+    """The ``dumps`` of ``Jsonb`` parameters: orjson takes the numpy numbers detectors compute
+    with and writes NaN as null, which jsonb accepts (``json.dumps`` would write ``NaN`` and the
+    whole batch would fail)."""
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def write_events(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+    """Add these entries to the audit trail (``alert_events``), in one statement."""
+    if events:
+        conn.execute(
+            EVENTS,
+            (
+                [e[0] for e in events],
+                [e[1] for e in events],
+                [e[2] for e in events],
+                [Jsonb(dict(e[3]), jsonb_dumps) for e in events],
+            ),
+        )
 
 
 @contextmanager
@@ -323,7 +339,7 @@ def apply_alerts(
                             [x.started_at for x in r],
                             [x.detected_at for x in r],
                             [x.last_seen_at for x in r],
-                            [Jsonb(dict(x.evidence), _json) for x in r],
+                            [Jsonb(dict(x.evidence), jsonb_dumps) for x in r],
                             [x.loss for x in r],
                             [x.occurrences for x in r],
                         ),
@@ -331,12 +347,8 @@ def apply_alerts(
                     submitted.append(("raise", cur, raises))
         # The pipeline has been synced: every result is in, none of these fetches waits.
         changes, events = _collect(submitted)
-        if events:
-            conn.execute(EVENTS, tuple(list(col) for col in zip(*events, strict=True)))
+        write_events(conn, events)
     return changes
-
-
-Event = tuple[int, datetime, str, Jsonb]
 
 
 def _collect(
@@ -350,12 +362,12 @@ def _collect(
         for row in cur.fetchall():
             if what == "clear":
                 changes.cleared += 1
-                events.append((row[0], row[1], "cleared", Jsonb({})))
+                events.append((row[0], row[1], "cleared", {}))
             elif what == "reopen":
                 changes.reopened += 1
                 reopened.add(row[0])
                 changes.reopened_ids.append(row[0])
-                events.append((row[0], row[1], "reopened", Jsonb({})))
+                events.append((row[0], row[1], "reopened", {}))
             else:
                 assert raised is not None
                 alert_id, meter_id, alert_type, occurrences, severity, seen_at = row[:6]
@@ -365,19 +377,17 @@ def _collect(
                     # A row that was open before holds its own occurrences too.
                     changes.opened += 1
                     changes.updated += k - 1
-                    events.append((alert_id, detected_at, "opened", Jsonb({"severity": severity})))
+                    events.append((alert_id, detected_at, "opened", {"severity": severity}))
                 else:
                     changes.updated += k
                     if was_cleared is not None:
-                        events.append((alert_id, seen_at, "returned", Jsonb({})))
-                    if prev_severity is not None and RANK_OF[severity] > RANK_OF[prev_severity]:
+                        events.append((alert_id, seen_at, "returned", {}))
+                    if (
+                        prev_severity is not None
+                        and SEVERITY_RANK[severity] > SEVERITY_RANK[prev_severity]
+                    ):
                         events.append(
-                            (
-                                alert_id,
-                                seen_at,
-                                "severity",
-                                Jsonb({"from": prev_severity, "to": severity}),
-                            )
+                            (alert_id, seen_at, "severity", {"from": prev_severity, "to": severity})
                         )
             if row[0] not in seen:
                 seen.add(row[0])

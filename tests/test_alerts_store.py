@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from detectors.alert import Alert, Severity
+from detectors.alert import SEVERITY_RANK, Alert, Severity
 from meterwatch.domain import Meter
 from storage.alerts import (
     COPY_MIN,
@@ -149,6 +149,21 @@ def test_repeats_in_later_calls_update_the_open_alert(
         1.0,
     )
     assert (a.status, a.occurrences) == ("open", 3)
+
+
+def test_a_rise_in_severity_goes_to_the_audit_trail(
+    db: psycopg.Connection[Any], meters: None
+) -> None:
+    # Severities come back from the database as plain strings; the ranks take them as they are.
+    assert [SEVERITY_RANK[s] for s in ("info", "warning", "critical")] == [0, 1, 2]
+    (alert_id,) = apply_alerts(db, [alert(severity="warning", seen=1)]).ids
+    apply_alerts(db, [alert(severity="critical", seen=2)])
+    apply_alerts(db, [alert(severity="info", seen=3)])  # milder: the alert stays critical
+    got = db.execute("SELECT alert_id, kind, detail FROM alert_events ORDER BY id").fetchall()
+    assert got == [
+        (alert_id, "opened", {"severity": "warning"}),
+        (alert_id, "severity", {"from": "warning", "to": "critical"}),
+    ]
 
 
 def test_tenant_dma_and_cost_come_from_the_registry(

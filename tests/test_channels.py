@@ -21,6 +21,7 @@ from notify.channels import KINDS, Channel, ChannelContext, DeliveryError, build
 from notify.channels._render import truncate_utf8
 from notify.channels.mqtt import MqttChannel
 from notify.channels.stream import NOTIFY_LIMIT, StreamChannel, live_payload
+from notify.config import CHANNEL_KINDS
 from notify.model import LIVE_CHANNEL, Audience, Notification, Trigger
 from tests.receivers import HttpReceiver, MqttReceiver, SmtpReceiver
 
@@ -113,6 +114,10 @@ def test_build_channel_picks_the_kind_and_refuses_bad_specs() -> None:
         assert problem in str(caught.value), str(caught.value)
     with pytest.raises(ValueError, match="no url and no default broker"):
         build_channel("ops", {"kind": "mqtt"})
+
+
+def test_the_config_accepts_exactly_the_kinds_there_are() -> None:
+    assert set(KINDS) == CHANNEL_KINDS
 
 
 def test_secrets_stay_out_of_repr_and_config_errors() -> None:

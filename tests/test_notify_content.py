@@ -71,6 +71,16 @@ def alert(type_: str = "leak", **kw: Any) -> AlertFacts:
     return AlertFacts(**(base | kw))
 
 
+def rendered(
+    a: AlertFacts, audience: Audience, trigger: Trigger, lang: str, hotline: str = ""
+) -> tuple[str, str]:
+    """(title, text) as the outbox renders them under the default config."""
+    return render(
+        a, audience, trigger, lang, *deadlines(NotifyConfig(), a),
+        message=message(a, hotline), links=LINKS,
+    )  # fmt: skip
+
+
 def test_every_type_has_evidence_here() -> None:
     assert set(EVIDENCE) == set(ALERT_TYPES)
 
@@ -92,7 +102,7 @@ def test_every_type_renders_in_both_languages(type_: str, empty: bool) -> None:
             assert not any("\u4e00" <= c <= "\u9fff" for c in text), text
         for audience in Audience:
             for trig in (Trigger.OPENED, Trigger.RESOLVED):
-                title, body = render(a, audience, trig, lang, hotline="96390", links=LINKS)
+                title, body = rendered(a, audience, trig, lang, hotline="96390")
                 assert title and body
                 assert "None" not in body and "<" not in body  # no HTML
 
@@ -149,16 +159,14 @@ def test_type_specific_figures_appear() -> None:
 
 def test_customer_reminder_asks_with_both_links() -> None:
     for lang, question in (("zh", "这次用水是否在您的预期之内"), ("en", "Is this use expected?")):
-        _, text = render(alert(), Audience.CUSTOMER, Trigger.OPENED, lang,
-                             hotline="96390", links=LINKS)  # fmt: skip
+        _, text = rendered(alert(), Audience.CUSTOMER, Trigger.OPENED, lang, hotline="96390")
         assert question in text
         assert LINKS["expected"] in text and LINKS["not_expected"] in text
         assert LINKS["alert"] not in text  # customers cannot open the staff API
         assert "96390" in text
-    _, again = render(alert(), Audience.CUSTOMER, Trigger.REOPENED, "zh", hotline="", links=LINKS)
+    _, again = rendered(alert(), Audience.CUSTOMER, Trigger.REOPENED, "zh")
     assert "再次出现" in again
-    _, done = render(alert(volume_lost_m3=2.5), Audience.CUSTOMER, Trigger.RESOLVED, "zh",
-                     hotline="", links=LINKS)  # fmt: skip
+    _, done = rendered(alert(volume_lost_m3=2.5), Audience.CUSTOMER, Trigger.RESOLVED, "zh")
     assert "已解除" in done and "2.5 吨" in done and LINKS["expected"] not in done
 
 
@@ -166,24 +174,24 @@ def test_staff_work_order_has_the_facts_and_the_sla() -> None:
     cfg = NotifyConfig()
     a = alert(severity="critical", escalation_level=2)
     ack, res = deadlines(cfg, a)
-    title, text = render(a, Audience.STAFF, Trigger.ESCALATED, "zh", hotline="", links=LINKS,
-                         ack_by=ack, resolve_by=res)  # fmt: skip
+    title, text = render(a, Audience.STAFF, Trigger.ESCALATED, "zh", ack, res,
+                         message=message(a, ""), links=LINKS)  # fmt: skip
     assert title.startswith("[紧急]") and "WH-000123" in title
     for part in ("wuchang-03", "east", "武汉某某食品有限公司", "leak_lph=38", "0.91 m³/天",
                  "3.6 元/天", LINKS["alert"], "第 2 级"):  # fmt: skip
         assert part in text, part
     # Detected 02:00 on 23 Nov (Shanghai): acknowledge by 02:30, resolve (critical) by 06:00.
     assert "2026-11-23 02:30 前确认" in text and "2026-11-23 06:00 前处理" in text
-    _, en = render(a, Audience.STAFF, Trigger.OPENED, "en", hotline="", links=LINKS)
+    _, en = rendered(a, Audience.STAFF, Trigger.OPENED, "en")
     assert "acknowledge by 2026-11-23 02:30" in en and "Escalation level: 2" in en
 
 
 def test_staff_feedback_and_resolution() -> None:
-    _, fb = render(alert(), Audience.STAFF, Trigger.FEEDBACK, "zh", hotline="", links=LINKS)
+    _, fb = rendered(alert(), Audience.STAFF, Trigger.FEEDBACK, "zh")
     assert "不在预期之内" in fb
     done = alert(resolution="repaired", resolved_at=T0 + timedelta(hours=30),
                  volume_lost_m3=1.2, volume_saved_m3=27.3)  # fmt: skip
-    title, text = render(done, Audience.STAFF, Trigger.RESOLVED, "en", hotline="", links=LINKS)
+    title, text = rendered(done, Audience.STAFF, Trigger.RESOLVED, "en")
     assert "Resolved" in title
     assert "Cause: repaired" in text and "Volume lost: 1.2 m³" in text
     assert "Volume saved (est.): 27.3 m³" in text and "acknowledge by" not in text

@@ -16,6 +16,7 @@ from detectors.alert import Alert, Severity
 from notify.channels import build_channel
 from notify.config import NotifyConfig
 from notify.dispatcher import CLAIM, DispatchConfig, Dispatcher, DispatchStats, backoff
+from notify.service import build_channels
 from storage.db import connect
 from tests.helpers import FakeClock, queue_alerts
 from tests.receivers import HttpReceiver
@@ -66,7 +67,7 @@ def burst(meter: str, sev: Severity = C, hours: float = 0) -> Alert:
 
 
 def dispatcher(db_url: str, config: NotifyConfig, clock: FakeClock, **kw: Any) -> Dispatcher:
-    channels = {n: build_channel(n, spec) for n, spec in config.channels.items()}
+    channels = build_channels(config)
     return Dispatcher(db_url, channels, DispatchConfig(**kw), clock=clock, rng=random.Random(7))
 
 

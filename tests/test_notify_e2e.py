@@ -27,10 +27,11 @@ from detectors.config import FleetSettings, ThresholdBook
 from ingest.detection import Detection, DetectionConfig
 from meterwatch.domain import Meter
 from meterwatch.mqtt import BrokerAddress
-from notify.channels import ChannelContext, build_channel
+from notify.channels import ChannelContext
 from notify.config import NotifyConfig
 from notify.dispatcher import DispatchConfig, Dispatcher
 from notify.scheduler import Notifier
+from notify.service import build_channels
 from simulators.fleet import FleetSeries, generate, make_fleet
 from simulators.publish import publish_fleet
 from storage.registry import upsert_meters
@@ -109,7 +110,7 @@ def dispatcher(
     db_url: str, config: NotifyConfig, mqtt_url: str, prefix: str, **kw: Any
 ) -> Dispatcher:
     context = ChannelContext(database_url=db_url, mqtt_url=mqtt_url, topic_prefix=prefix)
-    channels = {n: build_channel(n, spec, context) for n, spec in config.channels.items()}
+    channels = build_channels(config, context)
     return Dispatcher(db_url, channels, DispatchConfig(backoff_s=5, backoff_max_s=60), **kw)
 
 

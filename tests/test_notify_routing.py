@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from notify.channels import ChannelContext, build_channel
+from notify.channels import ChannelContext
 from notify.config import NotifyConfig, NotifyConfigError
 from notify.model import AlertFacts, Audience, Trigger
 from notify.routing import (
@@ -19,11 +19,11 @@ from notify.routing import (
     auto_resolve_after,
     deadlines,
     escalation_due,
-    next_escalation,
     quiet_until,
     resolve_due,
     route,
 )
+from notify.service import build_channels
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "notifications.md"
 T0 = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)  # 14:00 in Shanghai
@@ -210,9 +210,6 @@ def test_sla_defaults_overrides_and_escalation_timing() -> None:
     assert resolve_due(cfg, "warning") == timedelta(hours=8)
     assert resolve_due(cfg, "info") == timedelta(hours=72)
     assert escalation_due(cfg, "leak", 2) == timedelta(hours=1)
-    assert next_escalation(cfg, alert()) == (1, T0 + timedelta(minutes=30))
-    assert next_escalation(cfg, alert(escalation_level=1)) == (2, T0 + timedelta(minutes=60))
-    assert next_escalation(cfg, alert(escalation_level=2)) is None
     assert deadlines(cfg, alert()) == (T0 + timedelta(minutes=30), T0 + timedelta(hours=8))
 
 
@@ -237,8 +234,8 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     cfg = NotifyConfig.load(path)
     # Every channel of the example is one the notifier can build (none is sent to here).
     context = ChannelContext(database_url="postgresql://x@localhost/x", mqtt_url="mqtt://x")
-    for name, spec in cfg.channels.items():
-        assert build_channel(name, spec, context).name == name
+    for name, channel in build_channels(cfg, context).items():
+        assert channel.name == name
     assert cfg.hotline == "96390"
     assert cfg.quiet_hours == "22:00-07:00"
     assert cfg.channels["duty-wecom"]["kind"] == "wecom"

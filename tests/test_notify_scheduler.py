@@ -13,14 +13,13 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from detectors.alert import Alert, Severity
+from detectors.alert import Alert, Severity, iso
 from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
 from meterwatch.domain import Meter
-from notify.channels import build_channel
 from notify.config import NotifyConfig
 from notify.dispatcher import Dispatcher
-from notify.model import iso
 from notify.scheduler import Notifier
+from notify.service import build_channels
 from storage.alerts import AlertChanges, apply_alerts
 from storage.registry import upsert_meters
 from storage.writer import Message, Writer
@@ -193,7 +192,7 @@ def quiet_config(crm_url: str | None = None, duty_url: str | None = None) -> Not
 
 def dispatch(db_url: str, cfg: NotifyConfig) -> int:
     async def once() -> int:
-        channels = {name: build_channel(name, spec) for name, spec in cfg.channels.items()}
+        channels = build_channels(cfg)
         d = Dispatcher(db_url, channels)
         try:
             return (await d.run_once()).sent

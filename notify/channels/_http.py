@@ -10,13 +10,20 @@ JSON body, so they add :func:`robot_answer` on top.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import httpx
 import orjson
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
-from notify.channels.base import Channel, DeliveryError, redact_url
+from notify.channels.base import (
+    NO_CONTEXT,
+    Channel,
+    ChannelContext,
+    DeliveryError,
+    Spec,
+    redact_url,
+)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "meterwatch-notify/1"
@@ -26,16 +33,37 @@ def retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
 
 
+def check_http_url(url: str) -> str:
+    """Refuse anything but an absolute http(s) URL at config time rather than at the first alert."""
+    parts = httpx.URL(url)
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+
+
+class HttpSpec(Spec):
+    """What every HTTP kind's spec holds."""
+
+    url: HttpUrl
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+
 class HttpChannel(Channel):
     """Base of the HTTP kinds: owns the client, posts JSON, maps transport failures."""
 
-    _client: httpx.AsyncClient
-    _url: str
+    spec_model: ClassVar[type[HttpSpec]]
+    _spec: HttpSpec
 
-    def _open_http(self, url: str, timeout_s: float) -> None:
-        self._url = url
+    def __init__(
+        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
+    ) -> None:
+        super().__init__(name, spec, context)
+        self._url = self._spec.url
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s),
+            timeout=httpx.Timeout(self._spec.timeout_s),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
         )
@@ -110,14 +138,3 @@ def robot_answer(
         retryable=code in retryable_codes,
         status=response.status_code,
     )
-
-
-def check_http_url(url: str) -> str:
-    """Refuse anything but an absolute http(s) URL at config time rather than at the first alert."""
-    parts = httpx.URL(url)
-    if parts.scheme not in ("http", "https") or not parts.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return url
-
-
-HttpUrl = Annotated[str, AfterValidator(check_http_url)]

@@ -92,12 +92,16 @@ class Channel(ABC):
     ``aclose`` at shutdown; connections are kept open between sends."""
 
     kind: ClassVar[str]
+    # What ``spec`` may hold (checked at construction); a kind with options narrows ``_spec`` too.
+    spec_model: ClassVar[type[Spec]] = Spec
     name: str
+    _spec: Spec
 
     def __init__(
         self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
     ) -> None:
         self.name = name
+        self._spec = parse_spec(self.spec_model, name, self.kind, spec)
 
     @abstractmethod
     async def send(self, n: Notification) -> str:

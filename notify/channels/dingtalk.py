@@ -19,16 +19,14 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote_plus
 
 import orjson
 from pydantic import Field, SecretStr
 
-from notify.channels._http import HttpChannel, HttpUrl, robot_answer
+from notify.channels._http import HttpChannel, HttpSpec, robot_answer
 from notify.channels._render import fit, links
-from notify.channels.base import NO_CONTEXT, ChannelContext, Spec, parse_spec
 from notify.model import Notification
 
 # DingTalk documents no byte limit for markdown; this keeps well clear of its request size cap.
@@ -36,13 +34,11 @@ TEXT_LIMIT = 18_000
 RATE_LIMITED = frozenset({130101})
 
 
-class DingtalkSpec(Spec):
-    url: HttpUrl
+class DingtalkSpec(HttpSpec):
     secret: SecretStr | None = None
     at_mobiles: list[str] = Field(default_factory=list)
     at_all: bool = False
     mention_severities: list[str] = Field(default_factory=lambda: ["critical"])
-    timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 def sign(secret: str, timestamp_ms: str) -> str:
@@ -53,13 +49,8 @@ def sign(secret: str, timestamp_ms: str) -> str:
 
 class DingtalkChannel(HttpChannel):
     kind = "dingtalk"
-
-    def __init__(
-        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
-    ) -> None:
-        super().__init__(name, spec, context)
-        self._spec = parse_spec(DingtalkSpec, name, self.kind, spec)
-        self._open_http(self._spec.url, self._spec.timeout_s)
+    spec_model = DingtalkSpec
+    _spec: DingtalkSpec
 
     def body(self, n: Notification) -> dict[str, Any]:
         mention = n.alert.get("severity") in self._spec.mention_severities

@@ -16,26 +16,22 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 
-from notify.channels._http import HttpChannel, HttpUrl, robot_answer
+from notify.channels._http import HttpChannel, HttpSpec, robot_answer
 from notify.channels._render import links as link_list
 from notify.channels._render import truncate_utf8
-from notify.channels.base import NO_CONTEXT, ChannelContext, Spec, parse_spec
 from notify.model import Notification
 
 TEXT_LIMIT = 16_000  # leaves room for the JSON around it under the 20 KB request cap
 RATE_LIMITED = frozenset({9499, 11232})
 
 
-class FeishuSpec(Spec):
-    url: HttpUrl
+class FeishuSpec(HttpSpec):
     secret: SecretStr | None = None
-    timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 def sign(secret: str, timestamp_s: str) -> str:
@@ -58,13 +54,8 @@ def post_body(n: Notification) -> dict[str, Any]:
 
 class FeishuChannel(HttpChannel):
     kind = "feishu"
-
-    def __init__(
-        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
-    ) -> None:
-        super().__init__(name, spec, context)
-        self._spec = parse_spec(FeishuSpec, name, self.kind, spec)
-        self._open_http(self._spec.url, self._spec.timeout_s)
+    spec_model = FeishuSpec
+    _spec: FeishuSpec
 
     def body(self, n: Notification) -> dict[str, Any]:
         body = post_body(n)

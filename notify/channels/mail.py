@@ -17,23 +17,14 @@ import html
 import re
 import smtplib
 import ssl
-from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
-from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
 from notify.channels._render import links
-from notify.channels.base import (
-    NO_CONTEXT,
-    Channel,
-    ChannelContext,
-    DeliveryError,
-    Spec,
-    parse_spec,
-)
+from notify.channels.base import Channel, DeliveryError, Spec
 from notify.model import Notification
 
 MSGID_UNSAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
@@ -118,12 +109,8 @@ def classify(e: Exception, where: str) -> DeliveryError:
 
 class EmailChannel(Channel):
     kind = "email"
-
-    def __init__(
-        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
-    ) -> None:
-        super().__init__(name, spec, context)
-        self._spec = parse_spec(EmailSpec, name, self.kind, spec)
+    spec_model = EmailSpec
+    _spec: EmailSpec
 
     def target(self) -> str:
         scheme = "smtps" if self._spec.ssl else "smtp"

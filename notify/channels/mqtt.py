@@ -26,14 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, field_validator
 
 from meterwatch.mqtt import BrokerAddress
-from notify.channels.base import (
-    NO_CONTEXT,
-    Channel,
-    ChannelContext,
-    DeliveryError,
-    Spec,
-    parse_spec,
-)
+from notify.channels.base import NO_CONTEXT, Channel, ChannelContext, DeliveryError, Spec
 from notify.model import Notification
 
 TOPIC_FIELDS = frozenset({"tenant", "meter_id", "dma", "type", "severity"})
@@ -80,12 +73,13 @@ def alert_topic(template: str, prefix: str, alert: Mapping[str, Any]) -> str:
 
 class MqttChannel(Channel):
     kind = "mqtt"
+    spec_model = MqttSpec
+    _spec: MqttSpec
 
     def __init__(
         self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
     ) -> None:
         super().__init__(name, spec, context)
-        self._spec = parse_spec(MqttSpec, name, self.kind, spec)
         url = self._spec.url or context.mqtt_url
         if not url:
             raise ValueError(f"channel {name!r} (kind 'mqtt'): no url and no default broker")
@@ -93,7 +87,7 @@ class MqttChannel(Channel):
         self._prefix = context.topic_prefix
         self._client_id = self._spec.client_id or f"mw-notify-{name}-{uuid.uuid4().hex[:8]}"
         self._client: aiomqtt.Client | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()
         self.connects = 0  # connections opened so far: one per broker outage, not per message
 
     def target(self) -> str:
@@ -121,8 +115,6 @@ class MqttChannel(Channel):
         raise DeliveryError(f"{self.target()}: publish failed after reconnecting", retryable=True)
 
     async def _connected(self) -> aiomqtt.Client:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             if self._client is not None:
                 return self._client

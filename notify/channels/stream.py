@@ -19,14 +19,7 @@ import orjson
 import psycopg
 from pydantic import Field
 
-from notify.channels.base import (
-    NO_CONTEXT,
-    Channel,
-    ChannelContext,
-    DeliveryError,
-    Spec,
-    parse_spec,
-)
+from notify.channels.base import NO_CONTEXT, Channel, ChannelContext, DeliveryError, Spec
 from notify.model import LIVE_CHANNEL, Notification
 
 NOTIFY_LIMIT = 8000  # bytes; the payload must be shorter
@@ -70,12 +63,13 @@ def live_payload(n: Notification, limit: int = NOTIFY_LIMIT) -> bytes:
 
 class StreamChannel(Channel):
     kind = "stream"
+    spec_model = StreamSpec
+    _spec: StreamSpec
 
     def __init__(
         self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
     ) -> None:
         super().__init__(name, spec, context)
-        self._spec = parse_spec(StreamSpec, name, self.kind, spec)
         self._url = self._spec.database_url or context.database_url
         if not self._url:
             raise ValueError(f"channel {name!r} (kind 'stream'): no database_url and no default")
@@ -84,7 +78,7 @@ class StreamChannel(Channel):
         except psycopg.ProgrammingError:
             raise ValueError(f"channel {name!r} (kind 'stream'): bad database_url") from None
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()
         self.connects = 0
 
     def target(self) -> str:
@@ -93,8 +87,6 @@ class StreamChannel(Channel):
 
     async def send(self, n: Notification) -> str:
         payload = live_payload(n).decode()
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             for _ in range(2):
                 connects = self.connects

@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import orjson
 from pydantic import Field, SecretStr
 
-from notify.channels._http import HttpChannel, HttpUrl
-from notify.channels.base import NO_CONTEXT, ChannelContext, Spec, parse_spec
+from notify.channels._http import HttpChannel, HttpSpec
 from notify.model import Notification
 
 OWN_HEADERS = frozenset(
@@ -32,12 +29,10 @@ OWN_HEADERS = frozenset(
 )
 
 
-class WebhookSpec(Spec):
-    url: HttpUrl
+class WebhookSpec(HttpSpec):
     secret: SecretStr | None = None
     # Extra headers (an Authorization token, a tenant id); the meterwatch headers win a clash.
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -47,13 +42,8 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 class WebhookChannel(HttpChannel):
     kind = "webhook"
-
-    def __init__(
-        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
-    ) -> None:
-        super().__init__(name, spec, context)
-        self._spec = parse_spec(WebhookSpec, name, self.kind, spec)
-        self._open_http(self._spec.url, self._spec.timeout_s)
+    spec_model = WebhookSpec
+    _spec: WebhookSpec
 
     async def send(self, n: Notification) -> str:
         body = orjson.dumps(n.to_json())

@@ -14,15 +14,13 @@ phones ring, and everything else as markdown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from pydantic import Field
 
-from notify.channels._http import HttpChannel, HttpUrl, robot_answer
+from notify.channels._http import HttpChannel, HttpSpec, robot_answer
 from notify.channels._render import fit, links
-from notify.channels.base import NO_CONTEXT, ChannelContext, Spec, parse_spec
 from notify.model import Notification
 
 MARKDOWN_LIMIT = 4096
@@ -30,11 +28,9 @@ TEXT_LIMIT = 2048
 RATE_LIMITED = frozenset({45009})
 
 
-class WecomSpec(Spec):
-    url: HttpUrl
+class WecomSpec(HttpSpec):
     mentioned_mobiles: list[str] = Field(default_factory=list)  # "@all" mentions everyone
     mention_severities: list[str] = Field(default_factory=lambda: ["critical"])
-    timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 def markdown_body(n: Notification) -> dict[str, Any]:
@@ -51,13 +47,8 @@ def text_body(n: Notification, mobiles: list[str]) -> dict[str, Any]:
 
 class WecomChannel(HttpChannel):
     kind = "wecom"
-
-    def __init__(
-        self, name: str, spec: Mapping[str, Any], context: ChannelContext = NO_CONTEXT
-    ) -> None:
-        super().__init__(name, spec, context)
-        self._spec = parse_spec(WecomSpec, name, self.kind, spec)
-        self._open_http(self._spec.url, self._spec.timeout_s)
+    spec_model = WecomSpec
+    _spec: WecomSpec
 
     def body(self, n: Notification) -> dict[str, Any]:
         mobiles = self._spec.mentioned_mobiles
