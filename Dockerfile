@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every meterwatch process: docker-compose.yml runs it as `db migrate`, `ingest`,
-# `api` and `simulate`. The build stage installs the project (not editable, no dev extras) into a
-# virtualenv; the runtime stage copies only that virtualenv.
+# `notify`, `api` and `simulate`. The build stage installs the project (not editable, no dev
+# extras) into a virtualenv; the runtime stage copies only that virtualenv.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -43,6 +43,14 @@ NotifyDep = Annotated[NotifyConfig, Depends(get_notify)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
+def get_signing_key(settings: SettingsDep) -> str:
+    """The feedback links' key; "" when none is fit to sign with (``Settings.signing_key``)."""
+    return settings.signing_key
+
+
+SigningKeyDep = Annotated[str, Depends(get_signing_key)]
+
+
 async def get_conn(pool: PoolDep) -> AsyncIterator[AsyncConnection[TupleRow]]:
     """One pooled connection per request, returned to the pool when the request is done."""
     async with pool.connection() as conn:

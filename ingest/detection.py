@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,7 +27,7 @@ from detectors.config import FleetSettings, ThresholdBook
 from notify.scheduler import Notifier
 from storage.alerts import apply_alerts, load_meta, load_states, save_meta, save_states
 from storage.db import connect
-from storage.history import day_profiles
+from storage.history import day_profiles, latest_reading_at
 from storage.registry import load_meters
 from storage.writer import Message
 
@@ -57,7 +56,6 @@ class Detection:
         self._ticked = -1  # event time the notifier last ran at
         self.monitor = Monitor(thresholds=config.thresholds, fleet=config.fleet)
         self.pending: list[Alert] = []
-        self.raised: Counter[str] = Counter()
         self._conn: psycopg.Connection[Any] | None = None
         self._next_checkpoint = time.monotonic() + config.checkpoint_interval_s
         self._next_registry = 0.0
@@ -82,10 +80,11 @@ class Detection:
     def _seed_fleet_model(self, conn: psycopg.Connection[Any]) -> None:
         """Train the fleet-outlier model from stored days when there is no checkpoint of it."""
         fleet = self.monitor.fleet
-        row = conn.execute("SELECT max(ts) FROM readings").fetchone()
-        if fleet is None or row is None or row[0] is None:
+        if fleet is None:
             return
-        until = row[0]
+        until = latest_reading_at(conn)
+        if until is None:
+            return
         ids, days, profiles = day_profiles(
             conn, since=until - timedelta(days=self.config.history_days), until=until,
             timezone=self.config.timezone,
@@ -106,16 +105,18 @@ class Detection:
                 self.close()
         readings = [m.decoded.readings for m in messages if m.decoded.readings]
         alerts = self.monitor.observe_messages(readings)
-        self.raised.update(a.type for a in alerts if not a.cleared)
         self.pending.extend(alerts)
 
     def flush(self, *, checkpoint: bool | None = None) -> None:
         """Store pending alerts (and, when due, the checkpoint) in one transaction."""
         if checkpoint is None:
             checkpoint = time.monotonic() >= self._next_checkpoint
+        clock = max(self.monitor.watermark, self.monitor.batch_watermark)
+        tick_due = self.notifier is not None and clock >= self._ticked + TICK_S
+        if not (self.pending or tick_due or checkpoint):
+            return  # nothing to write: no empty transaction per batch
         try:
             conn = self._db()
-            clock = max(self.monitor.watermark, self.monitor.batch_watermark)
             with conn.transaction():
                 if self.pending:
                     changes = apply_alerts(conn, self.pending, reopen_within=self._reopen_within)
@@ -124,7 +125,7 @@ class Detection:
                         self.notifier.after_alerts(
                             conn, changes, {m: utc(t) for m, t in known.items()}
                         )
-                if self.notifier is not None and clock >= self._ticked + TICK_S:
+                if self.notifier is not None and tick_due:
                     self.notifier.tick(conn, utc(clock))
                 if checkpoint:
                     save_states(conn, self.monitor.checkpoint())
@@ -134,7 +135,7 @@ class Detection:
             self.close()
             raise
         self.pending = []
-        if clock >= self._ticked + TICK_S:
+        if tick_due:
             self._ticked = clock
         if checkpoint:
             self._next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s

@@ -10,7 +10,7 @@ from detectors.config import FleetSettings, ThresholdBook
 from ingest.consumer import Ingest, IngestConfig, IngestStats
 from ingest.detection import Detection, DetectionConfig
 from meterwatch.mqtt import BrokerAddress
-from meterwatch.settings import Settings
+from meterwatch.settings import MIN_SECRET, Settings
 from meterwatch.signals import stop_on_signals
 from notify.config import NotifyConfig
 from notify.scheduler import Notifier
@@ -61,20 +61,16 @@ class ProgressLog:
         self._last, self._last_readings = now, s.readings
 
 
-MIN_SECRET = 16  # characters; a short key makes feedback links guessable
-
-
 def notifier_from(settings: Settings) -> Notifier:
     config = NotifyConfig.load(settings.notify_config)
-    secret = settings.secret_key.get_secret_value()
-    if any(r.audience == "customer" for r in config.rules) and len(secret) < MIN_SECRET:
+    key = settings.signing_key
+    if any(r.audience == "customer" for r in config.rules) and not key:
         log.warning(
             "customer reminders go out without feedback links: METERWATCH_SECRET_KEY is %s "
-            "(at least %d characters signs them)", "empty" if not secret else "too short",
-            MIN_SECRET,
+            "(at least %d characters signs them)",
+            "too short" if settings.secret_key.get_secret_value() else "empty", MIN_SECRET,
         )  # fmt: skip
-        secret = ""
-    return Notifier(config, secret)
+    return Notifier(config, key)
 
 
 def detection_from(settings: Settings) -> Detection | None:

@@ -214,6 +214,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from detectors.config import ThresholdBook
     from meterwatch.backtest import backtest
     from storage.db import connect
+    from storage.history import latest_reading_at
 
     settings = _settings(args)
     current = ThresholdBook.load(args.current or settings.detector_config)
@@ -221,11 +222,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     with connect(settings.database_url) as conn:
         until = args.until
         if until is None:
-            row = conn.execute("SELECT max(ts) FROM readings").fetchone()
-            if row is None or row[0] is None:
+            latest = latest_reading_at(conn)
+            if latest is None:
                 print("no stored readings", file=sys.stderr)
                 return 1
-            until = row[0] + timedelta(seconds=1)
+            until = latest + timedelta(seconds=1)
         since = args.since or until - timedelta(days=args.days)
         res = backtest(conn, current, proposed, since, until)
     _emit(args, res.to_json(), res.text())

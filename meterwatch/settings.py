@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_SECRET = 16  # characters; a shorter key would make feedback links guessable
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METERWATCH_", env_file=".env", extra="ignore")
@@ -54,7 +56,8 @@ class Settings(BaseSettings):
     dma_lateness_h: float = Field(default=42.0, ge=0)
 
     # Notifications: routing, channels, SLA (TOML, see docs/notifications.md). The secret signs
-    # the customers' feedback links; set it in production (an empty one refuses to sign links).
+    # the customers' feedback links; set it in production (an empty or short one signs none, see
+    # ``signing_key``).
     notify_config: Path | None = None
     secret_key: SecretStr = SecretStr("")
     # The notifier's outbox: how many rows one dispatcher claims at once, how long a claim lasts
@@ -73,6 +76,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".meterwatch")
 
     log_level: str = "INFO"
+
+    @property
+    def signing_key(self) -> str:
+        """The key feedback links are signed and checked with: ``secret_key``, or "" (no links,
+        none accepted) when it is shorter than ``MIN_SECRET``. Ingest, the notifier's callers in
+        the API and the feedback pages all take it from here, so they cannot disagree."""
+        key = self.secret_key.get_secret_value()
+        return key if len(key) >= MIN_SECRET else ""
 
     @field_validator("detector_config", "notify_config", mode="before")
     @classmethod

@@ -8,7 +8,6 @@ is still open, or that starts before the meter's first reading, is never taken f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +57,12 @@ ORDER BY meter_id, day_start
 """
 
 
+def latest_reading_at(conn: psycopg.Connection[Any]) -> datetime | None:
+    """The time of the newest stored reading, None when there is none: where history ends."""
+    row = conn.execute("SELECT max(ts) FROM readings").fetchone()
+    return row[0] if row is not None else None
+
+
 def day_profiles(
     conn: psycopg.Connection[Any],
     *,
@@ -71,7 +76,7 @@ def day_profiles(
     ``day`` counts local days since 1970-01-01 in ``timezone`` and column h of the profile is the
     local clock hour h, as ``FleetOutliers`` expects. Rows are sorted by meter and day. Volumes
     are net of reverse flow, as in ``usage_hourly``. A day some meter reported nothing in is left
-    out rather than returned as zeros; see ``meter_kinds`` for the group of each meter.
+    out rather than returned as zeros.
     """
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
@@ -92,16 +97,3 @@ def day_profiles(
     profiles = np.zeros((len(rows), HOURS), dtype=np.float32)
     profiles[np.repeat(np.arange(len(rows)), counts), hods] = vols
     return meter_ids, days, profiles
-
-
-def meter_kinds(conn: psycopg.Connection[Any], meter_ids: Sequence[str]) -> list[str]:
-    """The registry kind of each meter in ``meter_ids`` (in that order), the fleet model's group.
-
-    A meter missing from the registry gets the registry's default kind, ``residential``.
-    """
-    found = dict(
-        conn.execute(
-            "SELECT meter_id, kind FROM meters WHERE meter_id = ANY(%s)", (list(set(meter_ids)),)
-        ).fetchall()
-    )
-    return [found.get(m, "residential") for m in meter_ids]

@@ -40,6 +40,7 @@ from psycopg.types.json import Jsonb
 from notify.config import NotifyConfig
 from notify.model import Trigger
 from notify.outbox import enqueue_async
+from notify.scheduler import EVENT_CLOCK
 from storage.queries import ALERT_COLUMNS, AlertRow
 
 Cause = Literal["leak_repaired", "customer_use", "meter_fault", "false_alarm", "other"]
@@ -99,21 +100,21 @@ REPORT_REPAIR = sql.SQL(
 
 # Resolving an alert nobody acknowledged also acknowledges it when a person resolves it: they
 # reacted, and the SLA report measures that reaction. The loss runs from the start to the end of
-# the condition (or its latest sighting while it lasts), in event time.
+# the condition (or its latest sighting while it lasts), in event time; without a loss rate it
+# stays NULL, as it is on every unresolved row (only resolving sets it, reopening clears it).
 CLOSE = sql.SQL(
     """UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = %(actor)s,
            resolution = %(cause)s, resolution_note = %(note)s,
            acknowledged_at = CASE WHEN %(ack)s THEN now() ELSE acknowledged_at END,
            acknowledged_by = CASE WHEN %(ack)s THEN %(actor)s ELSE acknowledged_by END,
-           volume_lost_m3 = CASE WHEN estimated_loss_m3_per_day IS NULL THEN volume_lost_m3
-               ELSE estimated_loss_m3_per_day * greatest(0, extract(epoch FROM
-                   coalesce(cleared_at, last_seen_at) - started_at)::float8 / 86400) END,
+           volume_lost_m3 = estimated_loss_m3_per_day * greatest(0, extract(epoch FROM
+               coalesce(cleared_at, last_seen_at) - started_at)::float8 / 86400),
            updated_at = now()
        WHERE id = %(id)s RETURNING {cols}"""
 ).format(cols=ALERT_COLUMNS)
 
-# Event time now: ingest's watermark; the wall clock before any data arrived.
-CLOCK = "SELECT coalesce((SELECT at FROM event_clock WHERE name = 'ingest'), now())"
+# Event time now: the scheduler's clock (ingest's watermark); the wall clock before any data.
+CLOCK = "SELECT coalesce((SELECT at FROM event_clock WHERE name = %s), now())"
 
 # The detector store compares suppressions with event times, so the window is on the event
 # clock: it starts no later than the clock (a replay's event times can be ahead of it) and lasts
@@ -132,12 +133,12 @@ RETURNING since, until
 
 # Unresolved alerts of a meter and type detected inside a suppression window, locked in id order
 # (the detector store's order) so they can be closed.
-COVERED = """
-SELECT id FROM alerts
-WHERE meter_id = %s AND type = %s AND status <> 'resolved' AND id <> %s
-  AND detected_at >= %s AND detected_at < %s
-ORDER BY id FOR UPDATE
-"""
+COVERED = sql.SQL(
+    """SELECT {cols} FROM alerts
+       WHERE meter_id = %s AND type = %s AND status <> 'resolved' AND id <> %s
+         AND detected_at >= %s AND detected_at < %s
+       ORDER BY id FOR UPDATE"""
+).format(cols=ALERT_COLUMNS)
 
 # A reminder held back through the night about an alert closed in the evening would ask the
 # customer about something nobody is looking at any more.
@@ -184,7 +185,7 @@ async def _event(
 
 
 async def _clock(conn: AsyncConnection[Any]) -> datetime:
-    cur = await conn.execute(CLOCK)
+    cur = await conn.execute(CLOCK, (EVENT_CLOCK,))
     row = await cur.fetchone()
     assert row is not None
     at: datetime = row[0]
@@ -359,11 +360,12 @@ async def feedback(
     since, until = await _suppress(
         conn, alert, since=alert.started_at, days=days, reason=reason, actor=actor, clock=clock
     )
-    cur = await conn.execute(COVERED, (alert.meter_id, alert.type, alert_id, since, until))
-    for (other_id,) in await cur.fetchall():
-        other = await _lock(conn, other_id)
+    async with conn.cursor(row_factory=class_row(AlertRow)) as cur:
+        await cur.execute(COVERED, (alert.meter_id, alert.type, alert_id, since, until))
+        covered = await cur.fetchall()
+    for other in covered:
         await _event(
-            conn, other_id, "feedback", actor, answer=answer, days=days, note=note,
+            conn, other.id, "feedback", actor, answer=answer, days=days, note=note,
             answered_alert=alert_id,
         )  # fmt: skip
         await _close(

@@ -130,6 +130,11 @@ class AlertRow:
     # When the SLA clock started (event time); None on rows written before the column existed.
     sla_from: datetime | None = None
 
+    @property
+    def sla_start(self) -> datetime:
+        """Where the SLA deadlines run from: ``sla_from``, else detection (as in the report)."""
+        return self.sla_from or self.detected_at
+
 
 @dataclass(frozen=True, slots=True)
 class ReadingRow:

@@ -62,13 +62,13 @@ SELECT team, month, type,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY ack_s) / 60 AS ack_p90_min,
        count(*) FILTER (WHERE acknowledged_at <= ack_due) AS ack_met,
        count(*) FILTER (WHERE acknowledged_at > ack_due OR (acknowledged_at IS NULL
-           AND ack_due < coalesce(resolved_at, %(now)s::timestamptz, now()))) AS ack_missed,
+           AND ack_due < coalesce(resolved_at, %(now)s::timestamptz))) AS ack_missed,
        count(resolved_at) AS resolved,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY resolve_s) / 3600 AS resolve_median_h,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY resolve_s) / 3600 AS resolve_p90_h,
        count(*) FILTER (WHERE resolved_at <= resolve_due) AS resolve_met,
        count(*) FILTER (WHERE resolved_at > resolve_due OR (resolved_at IS NULL
-           AND resolve_due < coalesce(%(now)s::timestamptz, now()))) AS resolve_missed
+           AND resolve_due < %(now)s::timestamptz)) AS resolve_missed
 FROM x
 GROUP BY team, month, type
 ORDER BY team NULLS LAST, month, type
@@ -116,17 +116,17 @@ async def sla_report(
     ack_targets: Mapping[str, timedelta],
     resolve_targets: Mapping[str, timedelta],
     timezone: str,
+    now: datetime,
     team: str | None = None,
     tenant: str | None = None,
     by_type: bool = False,
-    now: datetime | None = None,
 ) -> list[SlaRow]:
     """Alerts whose SLA clock started in ``[since, until)`` (``sla_from``, else ``detected_at``)
     grouped by team and month of that start in ``timezone`` (and type when ``by_type``).
 
     ``ack_targets`` maps alert types to the time to acknowledge, ``resolve_targets`` severities to
     the time to resolve; an alert whose type or severity has no target counts toward neither.
-    ``now`` is when open alerts are judged (the database's clock when None).
+    ``now`` is when open alerts are judged: the caller's clock, so the report's ``as_of`` is it.
     """
     params = {
         "types": list(ack_targets),

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from detectors.alert import Alert, Severity
 from meterwatch.domain import Meter
-from meterwatch.settings import Settings
+from meterwatch.settings import MIN_SECRET, Settings
 from notify.links import feedback_token
 from storage.alerts import apply_alerts
 from storage.registry import upsert_meters
@@ -505,11 +505,16 @@ def test_feedback_link_refuses_bad_tokens_and_input(
     assert rows(db, "SELECT count(*) FROM feedback") == [(0,)]
 
 
-def test_feedback_link_without_a_secret_is_503(db_url: str, leak: int) -> None:
-    with TestClient(create_app(Settings(database_url=db_url))) as c:
-        for r in (c.get(link(leak)), c.post(link(leak), data={"answer": "expected"})):
-            assert r.status_code == 503
-            assert "METERWATCH_SECRET_KEY" in r.text
+@pytest.mark.parametrize("secret", ["", "x" * (MIN_SECRET - 1)])
+def test_feedback_link_without_a_secret_is_503(db_url: str, leak: int, secret: str) -> None:
+    # A key too short to sign with is no key: no link signed with it is accepted either.
+    settings = Settings(database_url=db_url, secret_key=secret)
+    assert settings.signing_key == ""
+    with TestClient(create_app(settings)) as c:
+        for url in (link(leak), link(leak, secret=secret or SECRET)):
+            for r in (c.get(url), c.post(url, data={"answer": "expected"})):
+                assert r.status_code == 503
+                assert "METERWATCH_SECRET_KEY" in r.text
 
 
 def test_feedback_link_tolerates_odd_input(

@@ -5,7 +5,8 @@ healthchecks and secrets are checked. deploy/mosquitto/mosquitto.conf is checked
 ingest relies on and then served by a real Mosquitto with only its port and paths changed: a
 persistent MQTT 5 session like ingest's must keep many unacknowledged messages in flight, keep
 more than the default 1000 queued while it is offline, and keep them across a broker restart.
-The compose healthcheck commands are run for real against that broker and a stand-in HTTP server.
+The compose healthcheck commands are run for real against that broker, a stand-in HTTP server
+and real TCP connections (meterwatch/healthcheck.py, the ingest and notify checks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ import yaml
 
 from meterwatch.codec import uplink_filter
 from meterwatch.embedded import free_port, wait_for_port
+from meterwatch.healthcheck import port_of
 from meterwatch.mqtt import BrokerAddress, connect_properties, make_client
 from meterwatch.settings import Settings
 from tests.helpers import wait_until
@@ -167,6 +170,12 @@ def test_healthchecks(compose: dict[str, Any]) -> None:
     assert services["timescaledb"]["healthcheck"]["test"][1] == "pg_isready"
     assert "$SYS/broker/uptime" in services["mosquitto"]["healthcheck"]["test"]
     assert "/healthz" in services["api"]["healthcheck"]["test"][-1]
+    for name, variable in (
+        ("ingest", "METERWATCH_MQTT_URL"),
+        ("notify", "METERWATCH_DATABASE_URL"),
+    ):
+        test = services[name]["healthcheck"]["test"]
+        assert test == ["CMD", "python", "-m", "meterwatch.healthcheck", variable], name
 
 
 def test_migrate_is_one_shot(compose: dict[str, Any]) -> None:
@@ -493,3 +502,58 @@ def test_api_healthcheck_follows_healthz(compose: dict[str, Any]) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- meterwatch/healthcheck.py: the ingest and notify healthchecks ------------------------------
+
+
+def test_healthcheck_port_of_the_url() -> None:
+    assert port_of("mqtt://mosquitto") == 1883
+    assert port_of("tcp://mosquitto") == 1883
+    assert port_of("mqtts://broker.example.com") == 8883
+    assert port_of("ssl://broker.example.com") == 8883
+    assert port_of("postgresql://meterwatch@timescaledb/meterwatch") == 5432
+    assert port_of("postgres://meterwatch@timescaledb/meterwatch") == 5432
+    assert port_of("mqtt://user:pass@mosquitto:1884") == 1884
+    assert port_of("postgresql://meterwatch@timescaledb:6432/meterwatch") == 6432
+    with pytest.raises(ValueError, match="no default port"):
+        port_of("http://example.com")
+
+
+def _loopbacks() -> list[tuple[socket.AddressFamily, str]]:
+    """IPv4 loopback, and IPv6 loopback where it exists (its connections are in /proc/net/tcp6)."""
+    found = [(socket.AF_INET, "127.0.0.1")]
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            found.append((socket.AF_INET6, "::1"))
+    except OSError:
+        pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+@pytest.mark.parametrize(
+    ("service", "variable", "scheme"),
+    [
+        ("ingest", "METERWATCH_MQTT_URL", "mqtt"),
+        ("notify", "METERWATCH_DATABASE_URL", "postgresql"),
+    ],
+)
+def test_connection_healthcheck_follows_a_real_connection(
+    compose: dict[str, Any], service: str, variable: str, scheme: str
+) -> None:
+    test = compose["services"][service]["healthcheck"]["test"]
+    for family, host in _loopbacks():
+        with socket.create_server((host, 0), family=family) as server:
+            port = server.getsockname()[1]
+            netloc = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            env = {variable: f"{scheme}://meterwatch@{netloc}/meterwatch"}
+            assert run_healthcheck(test, env) == 1, "listening, but nobody is connected"
+            with socket.create_connection((host, port)) as client:
+                accepted, _ = server.accept()
+                with accepted:
+                    assert run_healthcheck(test, env) == 0, host
+                    client.shutdown(socket.SHUT_RDWR)
+            assert run_healthcheck(test, env) == 1, "the connection is closed"
+    for missing in ({variable: ""}, {variable: "http://example.com"}):
+        assert run_healthcheck(test, missing) == 1

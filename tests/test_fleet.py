@@ -12,7 +12,7 @@ import pytest
 
 from detectors.fleet import REFIT_DAYS, FleetOutliers
 from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
-from storage.history import day_profiles, meter_kinds
+from storage.history import day_profiles
 from storage.writer import Message, Writer
 
 HOURS = np.arange(24)
@@ -247,7 +247,6 @@ def test_day_profiles_returns_whole_local_days(db):
     midnight = datetime(2026, 3, 2, tzinfo=SHANGHAI)  # day 20514 in Shanghai
     _write_meter(writer, "H-1", midnight, midnight + timedelta(days=3))
     _write_meter(writer, "H-2", midnight + timedelta(hours=12), midnight + timedelta(days=3))
-    db.execute("UPDATE meters SET kind = 'commercial' WHERE meter_id = 'H-2'")
 
     first = (date(2026, 3, 2) - date(1970, 1, 1)).days
     ids, days, profiles = day_profiles(
@@ -263,9 +262,6 @@ def test_day_profiles_returns_whole_local_days(db):
     ]  # fmt: skip
     assert profiles.dtype == np.float32 and profiles.shape == (5, 24)
     np.testing.assert_allclose(profiles, np.tile((HOURS + 1) / 1000, (5, 1)), atol=1e-6)
-    assert meter_kinds(db, [*ids, "NOT-THERE"]) == [
-        "residential", "residential", "residential", "commercial", "commercial", "residential"
-    ]  # fmt: skip
 
     # A window that starts or ends inside a day covers only the days wholly inside it.
     ids, days, _ = day_profiles(

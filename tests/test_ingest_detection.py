@@ -13,10 +13,11 @@ from api.main import create_app
 from detectors.config import FleetSettings, ThresholdBook
 from ingest.consumer import IngestConfig
 from ingest.detection import Detection, DetectionConfig
+from ingest.service import notifier_from
 from meterwatch.codec import decode_uplink, encode_uplink, uplink_topic
 from meterwatch.domain import Meter
 from meterwatch.mqtt import BrokerAddress
-from meterwatch.settings import Settings
+from meterwatch.settings import MIN_SECRET, Settings
 from notify.config import NotifyConfig
 from notify.scheduler import Notifier
 from storage.alerts import load_meta, load_states, read_alerts
@@ -144,3 +145,23 @@ def test_a_worker_without_a_checkpoint_trains_the_fleet_model_from_stored_days(
     # meter-day by its content, so each day counts once.
     assert det.monitor.fleet.stored_rows() == 3
     det.close()
+
+
+def test_flush_with_nothing_to_write_does_not_touch_the_database() -> None:
+    # No pending alerts, no tick, no checkpoint: no transaction, so not even a connection.
+    idle = Detection(
+        DetectionConfig("postgresql://nobody@127.0.0.1:1/none", ThresholdBook(), FleetSettings())
+    )
+    idle.flush(checkpoint=False)
+    assert idle._conn is None
+
+
+def test_the_notifier_signs_with_the_settings_signing_key() -> None:
+    short = Settings(secret_key="x" * (MIN_SECRET - 1))
+    assert notifier_from(short).secret == "" == short.signing_key
+    key = "k" * MIN_SECRET
+    assert (
+        notifier_from(Settings(secret_key=key)).secret
+        == key
+        == Settings(secret_key=key).signing_key
+    )

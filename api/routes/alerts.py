@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
-from api.deps import ConnDep, NotifyDep, SettingsDep
+from api.deps import ConnDep, NotifyDep, SigningKeyDep
 from api.routes.meters import INSTANT_HELP, LIST_LIMIT, LIST_LIMIT_MAX, OFFSET_MAX, Text
 from api.schemas import (
     AcknowledgeIn,
@@ -56,11 +56,10 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 def public(row: queries.AlertRow, config: NotifyConfig) -> AlertPublic:
     """The alert with its deadlines, which follow the config and so are not stored. They run from
-    when the SLA clock started (detection, for rows older than ``sla_from``), as in the report."""
+    when the SLA clock started (``AlertRow.sla_start``), as in the report."""
     alert = AlertPublic.model_validate(row)
-    start = row.sla_from or row.detected_at
-    alert.ack_due_at = start + ack_due(config, row.type)
-    alert.resolve_due_at = start + resolve_due(config, row.severity)
+    alert.ack_due_at = row.sla_start + ack_due(config, row.type)
+    alert.resolve_due_at = row.sla_start + resolve_due(config, row.severity)
     return alert
 
 
@@ -102,7 +101,7 @@ async def list_alerts(
 async def get_alert(conn: ConnDep, config: NotifyDep, alert_id: AlertId) -> AlertPublic:
     alert = await queries.get_alert(conn, alert_id)
     if alert is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} not found")
+        raise lifecycle.AlertNotFound(alert_id)
     return public(alert, config)
 
 
@@ -119,7 +118,7 @@ async def acknowledge(
 
 @router.post("/{alert_id}/resolve", response_model=AlertPublic, responses=CHANGE)
 async def resolve(
-    conn: ConnDep, config: NotifyDep, settings: SettingsDep, alert_id: AlertId, body: ResolveIn
+    conn: ConnDep, config: NotifyDep, key: SigningKeyDep, alert_id: AlertId, body: ResolveIn
 ) -> AlertPublic:
     """Close the alert with a cause; a resolved alert answers 409.
 
@@ -131,14 +130,14 @@ async def resolve(
     async with conn.transaction():
         row = await lifecycle.resolve(
             conn, alert_id, actor=body.actor, cause=body.cause, note=body.note,
-            config=config, secret=settings.secret_key.get_secret_value(),
+            config=config, secret=key,
         )  # fmt: skip
     return public(row, config)
 
 
 @router.post("/{alert_id}/feedback", response_model=AlertPublic, responses=NOT_FOUND)
 async def feedback(
-    conn: ConnDep, config: NotifyDep, settings: SettingsDep, alert_id: AlertId, body: FeedbackIn
+    conn: ConnDep, config: NotifyDep, key: SigningKeyDep, alert_id: AlertId, body: FeedbackIn
 ) -> AlertPublic:
     """The customer's answer to "is this use expected?", e.g. taken on the phone by staff.
 
@@ -152,7 +151,7 @@ async def feedback(
     async with conn.transaction():
         row = await lifecycle.feedback(
             conn, alert_id, answer=body.answer, days=body.days, note=body.note,
-            actor=body.actor, config=config, secret=settings.secret_key.get_secret_value(),
+            actor=body.actor, config=config, secret=key,
         )  # fmt: skip
     return public(row, config)
 

@@ -18,15 +18,16 @@ import math
 import time
 from typing import Annotated
 from urllib.parse import parse_qs
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
 
-from api.deps import ConnDep, NotifyDep, SettingsDep
-from meterwatch.settings import Settings
+from api.deps import ConnDep, NotifyDep, SettingsDep, SigningKeyDep
+from meterwatch.settings import MIN_SECRET
 from notify.content import type_label
 from notify.links import verify_feedback_token
+from notify.routing import meter_zone
 from storage import lifecycle, queries
 from storage.lifecycle import ANSWERS, CUSTOMER, AlertNotFound
 
@@ -74,15 +75,14 @@ def _error(code: int, zh: str, en: str) -> HTMLResponse:
     return _page("无法处理", "Cannot continue", _both(zh, en), code)
 
 
-def _check(settings: Settings, token: str) -> int | HTMLResponse:
+def _check(key: str, token: str) -> int | HTMLResponse:
     """The alert id of a valid token, or the page that says why there is none."""
-    key = settings.secret_key.get_secret_value()
     if not key:
         return _error(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            "本系统尚未配置反馈链接（缺少 METERWATCH_SECRET_KEY），请致电客服。",
+            "本系统尚未配置反馈链接（METERWATCH_SECRET_KEY 未设置或过短），请致电客服。",
             "Feedback links are not configured on this server (METERWATCH_SECRET_KEY is not "
-            "set). Please call customer service.",
+            f"set or shorter than {MIN_SECRET} characters). Please call customer service.",
         )
     try:
         return verify_feedback_token(key, token, now=int(time.time()))
@@ -102,17 +102,6 @@ def _check(settings: Settings, token: str) -> int | HTMLResponse:
 
 def _gone() -> HTMLResponse:
     return _error(status.HTTP_404_NOT_FOUND, "找不到这条提醒。", "This reminder no longer exists.")
-
-
-def _zone(*names: str | None) -> ZoneInfo:
-    """The first of these zones that exists, else UTC."""
-    for name in names:
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return ZoneInfo("UTC")
 
 
 def _summary(alert: queries.AlertRow, zone: ZoneInfo) -> str:
@@ -139,6 +128,7 @@ async def confirm(
     conn: ConnDep,
     config: NotifyDep,
     settings: SettingsDep,
+    key: SigningKeyDep,
     token: Token,
     answer: Annotated[str | None, Query(description="expected or not_expected")] = None,
 ) -> HTMLResponse:
@@ -147,14 +137,14 @@ async def confirm(
     Any other ``answer`` (a mangled link, a truncated one) preselects nothing: the customer
     still gets the question, not an error about a query parameter.
     """
-    checked = _check(settings, token)
+    checked = _check(key, token)
     if isinstance(checked, HTMLResponse):
         return checked
     alert = await queries.get_alert(conn, checked)
     if alert is None:
         return _gone()
     # The meter's zone, as in the reminder that carried the link.
-    zone = _zone(await queries.meter_timezone(conn, alert.meter_id), settings.timezone)
+    zone = meter_zone(await queries.meter_timezone(conn, alert.meter_id) or settings.timezone)
     days = config.suppress_days_default
     form = (
         f'<form method="post" action="{_e(token)}">'
@@ -200,11 +190,11 @@ async def answer(
     request: Request,
     conn: ConnDep,
     config: NotifyDep,
-    settings: SettingsDep,
+    key: SigningKeyDep,
     token: Token,
 ) -> HTMLResponse:
     """Apply the form's answer (fields ``answer``, ``days``, ``note``) and say thank you."""
-    checked = _check(settings, token)
+    checked = _check(key, token)
     if isinstance(checked, HTMLResponse):
         return checked
     # Read by hand: a three-field form does not need python-multipart as a dependency.
@@ -232,7 +222,7 @@ async def answer(
         async with conn.transaction():
             await lifecycle.feedback(
                 conn, checked, answer=given, days=days, note=note, actor=CUSTOMER,
-                config=config, secret=settings.secret_key.get_secret_value(),
+                config=config, secret=key,
             )  # fmt: skip
     except AlertNotFound:
         return _gone()

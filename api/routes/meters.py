@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from psycopg import AsyncConnection
@@ -28,6 +27,7 @@ from api.schemas import (
     UsagePublic,
 )
 from meterwatch.domain import MeterKind
+from notify.routing import meter_zone
 from storage import queries
 
 LIST_LIMIT = 100
@@ -87,13 +87,6 @@ def _window(
 
 def _m3(volume: float) -> float:
     return round(volume, M3_DIGITS) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 @router.get("", response_model=Page[MeterPublic])
@@ -183,7 +176,7 @@ async def meter_usage(
         tz=meter.timezone,
         daily_tz=meta.get("timezone"),
     )
-    zone = _zone(meter.timezone)
+    zone = meter_zone(meter.timezone)
     buckets = [
         UsageBucket(
             start=r.start.astimezone(zone),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -13,7 +13,7 @@ from api.routes.meters import INSTANT_HELP, Text
 from api.schemas import Instant, SlaReportPublic, SlaRowPublic, SlaTargets
 from meterwatch.domain import ALERT_TYPES
 from notify.config import SEVERITIES
-from notify.routing import ack_due, resolve_due
+from notify.routing import ack_due, meter_zone, resolve_due
 from storage.sla import sla_report
 
 DEFAULT_MONTHS = 3
@@ -62,10 +62,7 @@ async def sla(
     target. An alert missed its target when the step came late, or had not come by the deadline
     while the alert was still unresolved; alerts still inside their window count toward neither
     side. Only staff acknowledge: a customer's answer does not count as an acknowledgement."""
-    try:
-        zone = ZoneInfo(settings.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
+    zone = meter_zone(settings.timezone)  # an unknown name falls back to UTC, as for meters
     now = datetime.now(UTC)
     until = until or now
     since = since or _month_start(until, zone, DEFAULT_MONTHS - 1)
