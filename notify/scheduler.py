@@ -24,7 +24,7 @@ from notify.config import NotifyConfig
 from notify.model import Trigger
 from notify.outbox import enqueue, enqueue_many
 from notify.routing import ack_due, auto_resolve_after, escalation_due
-from storage.alerts import RANK, AlertChanges, Event, write_events
+from storage.alerts import RANK, AlertChanges, Event, volume_lost, write_events
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,10 @@ LEFT JOIN LATERAL (
 WHERE a.status <> 'resolved' AND a.repair_reported_at IS NOT NULL
   AND (a.cleared_at IS NOT NULL OR z.hour IS NOT NULL)
 """
-CONFIRM = """
+CONFIRM = f"""
 UPDATE alerts AS a
 SET status = 'resolved', resolved_at = c.at, confirmed_at = c.at, resolution = c.cause,
-    resolved_by = a.repair_reported_by,
-    volume_lost_m3 = a.estimated_loss_m3_per_day
-                     * greatest(extract(epoch FROM c.at - a.started_at), 0) / 86400.0,
+    resolved_by = a.repair_reported_by, volume_lost_m3 = {volume_lost("c.at")},
     volume_saved_m3 = a.estimated_loss_m3_per_day * %s, updated_at = now()
 FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS c(id, at, cause)
 WHERE a.id = c.id AND a.status <> 'resolved'
@@ -111,13 +109,10 @@ RETURNING a.id, c.at
 
 # Conditions that ended long enough ago (per type) resolve their alert, unless a repair report is
 # waiting for its own confirmation.
-AUTO_RESOLVE = """
+AUTO_RESOLVE = f"""
 UPDATE alerts AS a
 SET status = 'resolved', resolved_at = a.cleared_at, resolution = 'cleared',
-    resolved_by = 'system',
-    volume_lost_m3 = a.estimated_loss_m3_per_day
-                     * greatest(extract(epoch FROM a.cleared_at - a.started_at), 0) / 86400.0,
-    updated_at = now()
+    resolved_by = 'system', volume_lost_m3 = {volume_lost("cleared_at")}, updated_at = now()
 FROM unnest(%s::text[], %s::float8[]) AS r(type, hours)
 WHERE a.type = r.type AND a.status <> 'resolved' AND a.cleared_at IS NOT NULL
   AND a.repair_reported_at IS NULL

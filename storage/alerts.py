@@ -39,6 +39,17 @@ COPY_MIN = 500  # from this many states on, a binary COPY beats one statement wi
 
 RANK = "array_position(ARRAY['info', 'warning', 'critical']::text[], {})"
 
+
+def volume_lost(end: str) -> str:
+    """SQL for the water an alert's condition lost from its start to ``end`` (an SQL expression
+    over the alerts row), at its estimated loss rate; NULL when no rate is known. Every way an
+    alert resolves (a person, a confirmed repair, the condition staying away) counts it alike."""
+    return (
+        "estimated_loss_m3_per_day * greatest(0, extract(epoch FROM "
+        f"{end} - started_at)::float8 / 86400)"
+    )
+
+
 # Raises of a (meter, type) a customer declared expected use for are dropped (table suppressions).
 SUPPRESSED = """EXISTS (
     SELECT 1 FROM suppressions s

@@ -41,6 +41,7 @@ from notify.config import NotifyConfig
 from notify.model import Trigger
 from notify.outbox import enqueue_async
 from notify.scheduler import EVENT_CLOCK
+from storage.alerts import volume_lost
 from storage.queries import ALERT_COLUMNS, AlertRow
 
 Cause = Literal["leak_repaired", "customer_use", "meter_fault", "false_alarm", "other"]
@@ -107,11 +108,9 @@ CLOSE = sql.SQL(
            resolution = %(cause)s, resolution_note = %(note)s,
            acknowledged_at = CASE WHEN %(ack)s THEN now() ELSE acknowledged_at END,
            acknowledged_by = CASE WHEN %(ack)s THEN %(actor)s ELSE acknowledged_by END,
-           volume_lost_m3 = estimated_loss_m3_per_day * greatest(0, extract(epoch FROM
-               coalesce(cleared_at, last_seen_at) - started_at)::float8 / 86400),
-           updated_at = now()
+           volume_lost_m3 = {lost}, updated_at = now()
        WHERE id = %(id)s RETURNING {cols}"""
-).format(cols=ALERT_COLUMNS)
+).format(cols=ALERT_COLUMNS, lost=sql.SQL(volume_lost("coalesce(cleared_at, last_seen_at)")))
 
 # Event time now: the scheduler's clock (ingest's watermark); the wall clock before any data.
 CLOCK = "SELECT coalesce((SELECT at FROM event_clock WHERE name = %s), now())"
